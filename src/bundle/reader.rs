@@ -1,0 +1,164 @@
+//! Reading a dataset bundle in place, without extracting it.
+
+use super::manifest::Manifest;
+use crate::data::{SampleMeta, Source};
+use crate::error::{Error, Result};
+use crate::fsutil::is_safe_member;
+use std::collections::{HashMap, HashSet};
+use std::io::{Cursor, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use zip::ZipArchive;
+
+/// Largest decompressed size accepted for one image member (zip-bomb guard).
+pub const MAX_MEMBER_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest decompressed size accepted for `manifest.json`.
+pub const MAX_MANIFEST_BYTES: u64 = 512 * 1024 * 1024;
+
+pub(crate) trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
+/// A zip opened with every member name checked: no unsafe paths, no
+/// duplicates. Shared by dataset and identifier bundles.
+pub(crate) struct SafeZip {
+    pub path: PathBuf,
+    pub archive: ZipArchive<Box<dyn ReadSeek>>,
+    pub by_name: HashMap<String, usize>,
+}
+
+impl SafeZip {
+    pub fn open_file(path: &Path) -> Result<SafeZip> {
+        let f = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        Self::new(path.to_path_buf(), Box::new(std::io::BufReader::new(f)))
+    }
+
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<SafeZip> {
+        Self::new(PathBuf::from(name), Box::new(Cursor::new(bytes)))
+    }
+
+    pub fn new(path: PathBuf, reader: Box<dyn ReadSeek>) -> Result<SafeZip> {
+        let mut archive = ZipArchive::new(reader).map_err(|source| Error::Zip { path: path.clone(), source })?;
+        let mut by_name = HashMap::new();
+        let mut seen = HashSet::new();
+        for i in 0..archive.len() {
+            let name = {
+                let f = archive.by_index_raw(i).map_err(|source| Error::Zip { path: path.clone(), source })?;
+                f.name().to_string()
+            };
+            if !is_safe_member(&name) {
+                return Err(Error::UnsafeMember { path, member: name });
+            }
+            if !seen.insert(name.clone()) {
+                return Err(Error::DuplicateMember { path, member: name });
+            }
+            by_name.insert(name, i);
+        }
+        Ok(SafeZip { path, archive, by_name })
+    }
+
+    /// Reads member `name`, refusing more than `limit` decompressed bytes.
+    pub fn read(&mut self, name: &str, limit: u64) -> Result<Vec<u8>> {
+        let idx = *self.by_name.get(name).ok_or_else(|| {
+            Error::dataset(self.path.display().to_string(), format!("member {name:?} is missing from the zip"))
+        })?;
+        self.read_index(idx, limit)
+    }
+
+    pub fn read_index(&mut self, idx: usize, limit: u64) -> Result<Vec<u8>> {
+        let path = self.path.clone();
+        let mut f = self.archive.by_index(idx).map_err(|source| Error::Zip { path: path.clone(), source })?;
+        let member = f.name().to_string();
+        if f.size() > limit {
+            return Err(Error::MemberTooLarge { path, member, limit });
+        }
+        let mut out = Vec::with_capacity(f.size() as usize);
+        (&mut f)
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io("decompressing", path.join(&member), e))?;
+        if out.len() as u64 > limit {
+            return Err(Error::MemberTooLarge { path, member, limit });
+        }
+        Ok(out)
+    }
+}
+
+/// A dataset bundle read in place: the manifest is parsed on open, images
+/// are decompressed one at a time on demand.
+pub struct BundleSource {
+    location: String,
+    zip: Mutex<SafeZip>,
+    manifest: Manifest,
+    samples: Vec<SampleMeta>,
+    members: Vec<usize>,
+}
+
+impl std::fmt::Debug for BundleSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleSource").field("location", &self.location).field("samples", &self.samples.len()).finish()
+    }
+}
+
+impl BundleSource {
+    /// Opens a bundle file.
+    pub fn open(path: &Path) -> Result<BundleSource> {
+        Self::from_zip(SafeZip::open_file(path)?)
+    }
+
+    /// Opens a bundle held in memory; `name` stands for its path in errors.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<BundleSource> {
+        Self::from_zip(SafeZip::from_bytes(name, bytes)?)
+    }
+
+    fn from_zip(mut zip: SafeZip) -> Result<BundleSource> {
+        let location = zip.path.display().to_string();
+        if !zip.by_name.contains_key("manifest.json") {
+            return Err(Error::invalid(
+                &location,
+                "manifest",
+                "manifest.json is missing; is this an h2e dataset bundle? (make one with `h2e bundle pack DIR -o X.zip`)",
+            ));
+        }
+        let bytes = zip.read("manifest.json", MAX_MANIFEST_BYTES)?;
+        let manifest = Manifest::parse(&bytes, &format!("{location}!manifest.json"))?;
+        let mut members = Vec::with_capacity(manifest.samples.len());
+        for s in &manifest.samples {
+            match zip.by_name.get(&s.path) {
+                Some(&i) => members.push(i),
+                None => {
+                    return Err(Error::dataset(
+                        &location,
+                        format!("manifest lists {:?} but the zip has no such member", s.path),
+                    ))
+                }
+            }
+        }
+        let samples = manifest
+            .samples
+            .iter()
+            .map(|s| SampleMeta { path: s.path.clone(), label: s.label, split: s.split, true_label: s.true_label })
+            .collect();
+        Ok(BundleSource { location, zip: Mutex::new(zip), manifest, samples, members })
+    }
+
+    /// The parsed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+}
+
+impl Source for BundleSource {
+    fn location(&self) -> &str {
+        &self.location
+    }
+    fn classes(&self) -> &[String] {
+        &self.manifest.classes
+    }
+    fn samples(&self) -> &[SampleMeta] {
+        &self.samples
+    }
+    fn read_encoded(&self, index: usize) -> Result<Vec<u8>> {
+        let mut zip = self.zip.lock().unwrap_or_else(|p| p.into_inner());
+        zip.read_index(self.members[index], MAX_MEMBER_BYTES)
+    }
+}

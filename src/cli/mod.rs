@@ -1,0 +1,45 @@
+//! Command-line interface: flag definitions and dispatch. Each command
+//! group lives in its own file; the library does the work.
+
+mod data;
+mod term;
+
+use clap::{Parser, Subcommand};
+
+/// Find mislabeled samples in long-tailed image datasets (H2E).
+#[derive(Debug, Parser)]
+#[command(name = "h2e", version, about)]
+pub struct Cli {
+    /// Log level for library messages on stderr (error, warn, info, debug).
+    #[arg(long, global = true, default_value = "warn")]
+    pub log: log::LevelFilter,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pack, inspect, verify or unpack dataset bundles.
+    #[command(subcommand)]
+    Bundle(data::BundleCmd),
+    /// Build a noisy long-tailed benchmark bundle with known ground truth.
+    MakeNlt(data::MakeNltArgs),
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    term::init_logger(cli.log);
+    let result = match cli.command {
+        Command::Bundle(cmd) => data::bundle(cmd),
+        Command::MakeNlt(args) => data::make_nlt(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
