@@ -17,5 +17,6 @@ pub mod fsutil;
 pub mod nlt;
 pub mod progress;
 pub mod rng;
+pub mod score;
 
 pub use error::{Error, Result};

@@ -1,0 +1,211 @@
+//! Noise scoring from identifier logits: the plain reference implementation.
+//!
+//! For logits `z` (the head's `W f(x) + b`), the per-class `tau` and the
+//! label prior `pi`, the adjusted logits are `z - tau * log(pi)`. With
+//! `p = softmax(adjusted)`:
+//! - `pred = argmax p`; the default rule flags a sample when `pred != label`;
+//! - `noise_score = 1 - p[label]`, in [0, 1], monotone in the identifier's
+//!   belief that the label is wrong (used for ranking, AUROC, `--threshold`);
+//! - `weight` is 0.01 for flagged samples, and for the others the max
+//!   probability min-max scaled over the kept samples to [0.5, 1].
+//!
+//! The GPU kernel `shaders/score.wgsl` computes the per-sample part (pred,
+//! score, max probability) and is tested against [`per_sample`].
+
+use serde::{Deserialize, Serialize};
+
+/// Weight given to flagged samples.
+pub const NOISE_WEIGHT: f32 = 0.01;
+
+/// Per-sample result of the fused scoring pass (before the operating point).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleScore {
+    /// Argmax of the adjusted logits.
+    pub pred: usize,
+    /// `1 - p[label]` (or `1 - max p` when unlabelled).
+    pub noise_score: f32,
+    /// Max adjusted probability.
+    pub max_prob: f32,
+    /// Adjusted probability of the given label.
+    pub prob_label: f32,
+}
+
+/// Adjusted softmax, argmax and score of one row. Stable for extreme
+/// logits (max-subtracted); NaN-free for finite input.
+pub fn per_sample(logits: &[f32], label: Option<usize>, tau: &[f32], log_prior: &[f32]) -> SampleScore {
+    let c = logits.len();
+    let mut adj = vec![0f32; c];
+    let mut m = f32::NEG_INFINITY;
+    let mut pred = 0;
+    for k in 0..c {
+        adj[k] = logits[k] - tau[k] * log_prior[k];
+        if adj[k] > m {
+            m = adj[k];
+            pred = k;
+        }
+    }
+    let mut sum = 0f32;
+    for a in adj.iter_mut() {
+        *a = (*a - m).exp();
+        sum += *a;
+    }
+    let max_prob = 1.0 / sum;
+    let prob_label = label.map(|l| adj[l] / sum).unwrap_or(max_prob);
+    SampleScore { pred, noise_score: (1.0 - prob_label).clamp(0.0, 1.0), max_prob, prob_label }
+}
+
+/// How flags are decided from the scores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", tag = "rule", content = "value")]
+pub enum Rule {
+    /// Flag when the adjusted prediction differs from the label (H2E's rule).
+    #[default]
+    Argmax,
+    /// Flag when `noise_score >= threshold`.
+    Threshold(f32),
+}
+
+/// Operating point: the rule plus caps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OperatingPoint {
+    /// The flagging rule.
+    pub rule: Rule,
+    /// Flag at most this fraction of the samples (highest scores first).
+    pub max_flag_rate: Option<f32>,
+    /// Never flag so many samples of a class that fewer than this many stay.
+    pub min_per_class: usize,
+}
+
+impl Default for OperatingPoint {
+    fn default() -> Self {
+        OperatingPoint { rule: Rule::Argmax, max_flag_rate: None, min_per_class: 1 }
+    }
+}
+
+/// Scores of a whole set after the operating point is applied.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Scores {
+    /// Adjusted prediction per sample.
+    pub pred: Vec<usize>,
+    /// Continuous noise score per sample.
+    pub noise_score: Vec<f32>,
+    /// Flagged as noise.
+    pub flagged: Vec<bool>,
+    /// Sample weight for stage 2.
+    pub weight: Vec<f32>,
+}
+
+/// Decides flags and weights for per-sample scores of samples with `labels`
+/// (`classes` classes) under `op`.
+pub fn apply(per: &[SampleScore], labels: &[usize], classes: usize, op: &OperatingPoint) -> Scores {
+    let n = per.len();
+    let mut flagged: Vec<bool> = per
+        .iter()
+        .zip(labels)
+        .map(|(s, &l)| match op.rule {
+            Rule::Argmax => s.pred != l,
+            Rule::Threshold(t) => s.noise_score >= t,
+        })
+        .collect();
+    // Highest scores first, index as tie-break: deterministic.
+    let by_score = |idx: &mut Vec<usize>| {
+        idx.sort_by(|&a, &b| per[b].noise_score.total_cmp(&per[a].noise_score).then(a.cmp(&b)));
+    };
+    if let Some(rate) = op.max_flag_rate {
+        let cap = (rate.clamp(0.0, 1.0) as f64 * n as f64).floor() as usize;
+        let mut idx: Vec<usize> = (0..n).filter(|&i| flagged[i]).collect();
+        if idx.len() > cap {
+            by_score(&mut idx);
+            for &i in &idx[cap..] {
+                flagged[i] = false;
+            }
+        }
+    }
+    if op.min_per_class > 0 {
+        for c in 0..classes {
+            let members: Vec<usize> = (0..n).filter(|&i| labels[i] == c).collect();
+            let keep_max_flags = members.len().saturating_sub(op.min_per_class);
+            let mut idx: Vec<usize> = members.into_iter().filter(|&i| flagged[i]).collect();
+            if idx.len() > keep_max_flags {
+                by_score(&mut idx);
+                for &i in &idx[keep_max_flags..] {
+                    flagged[i] = false;
+                }
+            }
+        }
+    }
+    let kept = (0..n).filter(|&i| !flagged[i]).map(|i| per[i].max_prob);
+    let (lo, hi) = kept.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| (lo.min(p), hi.max(p)));
+    let weight = (0..n)
+        .map(|i| {
+            if flagged[i] {
+                NOISE_WEIGHT
+            } else if hi > lo {
+                0.5 + 0.5 * (per[i].max_prob - lo) / (hi - lo)
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Scores { pred: per.iter().map(|s| s.pred).collect(), noise_score: per.iter().map(|s| s.noise_score).collect(), flagged, weight }
+}
+
+/// Convenience: [`per_sample`] over a row-major `[n, classes]` logits
+/// buffer, then [`apply`].
+pub fn score_logits(
+    logits: &[f32],
+    classes: usize,
+    labels: &[usize],
+    tau: &[f32],
+    log_prior: &[f32],
+    op: &OperatingPoint,
+) -> Scores {
+    let per: Vec<SampleScore> =
+        logits.chunks_exact(classes).zip(labels).map(|(row, &l)| per_sample(row, Some(l), tau, log_prior)).collect();
+    apply(&per, labels, classes, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjustment_changes_the_prediction_toward_the_tail() {
+        // Raw logits favour class 0 slightly; class 1 is rare (log prior very negative),
+        // so subtracting tau*log(pi) lifts class 1 above class 0.
+        let s = per_sample(&[1.0, 0.5], Some(1), &[1.0, 1.0], &[(0.9f32).ln(), (0.1f32).ln()]);
+        assert_eq!(s.pred, 1);
+        assert!(s.noise_score < 0.5);
+        let plain = per_sample(&[1.0, 0.5], Some(1), &[0.0, 0.0], &[(0.9f32).ln(), (0.1f32).ln()]);
+        assert_eq!(plain.pred, 0);
+    }
+
+    #[test]
+    fn extreme_logits_stay_finite() {
+        let s = per_sample(&[1e30, -1e30, 0.0], Some(1), &[1.0; 3], &[-1.0; 3]);
+        assert!(s.noise_score.is_finite() && s.max_prob.is_finite());
+        assert_eq!(s.pred, 0);
+        assert!((s.noise_score - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn weights_caps_and_min_per_class() {
+        let logits = [5.0, 0.0, 0.0, 5.0, 0.0, 5.0, 1.0, 0.0];
+        let labels = [0, 0, 0, 1];
+        let zero = [0.0; 2];
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { min_per_class: 0, ..Default::default() });
+        assert_eq!(s.flagged, vec![false, true, true, true]);
+        assert_eq!(s.weight[1], NOISE_WEIGHT);
+        assert_eq!(s.weight[0], 1.0);
+        // Class 1 has one sample: min_per_class 1 keeps it.
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint::default());
+        assert!(!s.flagged[3]);
+        // Rate cap 0.25 of 4 samples: one flag, the highest score.
+        let op = OperatingPoint { max_flag_rate: Some(0.25), min_per_class: 0, ..Default::default() };
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &op);
+        assert_eq!(s.flagged.iter().filter(|&&f| f).count(), 1);
+        let top = (0..4).max_by(|&a, &b| s.noise_score[a].total_cmp(&s.noise_score[b]).then(b.cmp(&a))).unwrap();
+        assert!(s.flagged[top]);
+    }
+}
