@@ -14,6 +14,7 @@ pub mod data;
 pub mod embedded;
 pub mod error;
 pub mod fsutil;
+pub mod kernels;
 pub mod nlt;
 pub mod progress;
 pub mod rng;

@@ -1,0 +1,28 @@
+//! Our own WGSL compute kernels (`shaders/`), launched on Burn's wgpu
+//! device, with plain implementations of identical semantics for every
+//! other device.
+//!
+//! - [`preprocess`]: a [`PackedBatch`] of `u8` HWC images to a normalised
+//!   `f32` NCHW tensor: bilinear resize, random crop with zero padding,
+//!   horizontal flip, photometric jitter, per-sample parameters hashed from
+//!   `(seed, index)` ([`hash`]). CPU reference: [`preprocess_reference`].
+//! - [`score`]: fused identifier scoring (logit adjustment, softmax,
+//!   argmax, noise score, max probability, label probability). Reference:
+//!   [`crate::score::per_sample`].
+//!
+//! How the kernels reach Burn's device and tensors is described in the
+//! `gpu` module source (template kernels through `burn::backend::wgpu`).
+
+mod gpu;
+pub mod hash;
+mod preprocess;
+mod score;
+
+pub use gpu::{preprocess as preprocess_wgsl, runs_wgsl, score as score_wgsl};
+pub use preprocess::{preprocess, preprocess_cpu, preprocess_reference, PackedBatch, PreprocessParams, SampleRegion};
+pub use score::{score, score_tensor_ops, ScoreOutput};
+
+/// `shaders/preprocess.wgsl`.
+pub const PREPROCESS_WGSL: &str = include_str!("../../shaders/preprocess.wgsl");
+/// `shaders/score.wgsl`.
+pub const SCORE_WGSL: &str = include_str!("../../shaders/score.wgsl");
