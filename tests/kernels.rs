@@ -309,3 +309,15 @@ fn reference_crop_flip_and_jitter_follow_the_hashed_parameters() {
     }
     assert!(a.brightness != 1.0 && a.contrast != 1.0);
 }
+
+#[test]
+fn batches_gathered_from_a_set_keep_the_sample_order() {
+    let mut rng = Rng::new(21);
+    let (c, h, w) = (3, 2, 3);
+    let pixels: Vec<u8> = (0..4 * c * h * w).map(|_| rng.below(256) as u8).collect();
+    let b = PackedBatch::gather(c, h, w, &pixels, &[2, 0]).unwrap();
+    assert_eq!(b.len(), 2);
+    assert_eq!(&b.data()[..18], &pixels[36..54]);
+    assert_eq!(&b.data()[18..], &pixels[..18]);
+    assert!(PackedBatch::gather(c, h, w, &pixels, &[4]).is_err(), "index past the end");
+}

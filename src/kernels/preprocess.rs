@@ -81,6 +81,11 @@ impl PackedBatch {
         PackedBatch::uniform(channels, height, width, data)
     }
 
+    /// The samples `indices` of a decoded set (the training engine's batch).
+    pub fn from_set(set: &crate::data::TensorSet, indices: &[usize]) -> Result<PackedBatch> {
+        PackedBatch::gather(set.channels, set.height, set.width, &set.pixels, indices)
+    }
+
     /// Appends one `height x width` image (`pixels`, HWC).
     pub fn push(&mut self, width: u32, height: u32, pixels: &[u8]) -> Result<()> {
         let expected = width as usize * height as usize * self.channels;
