@@ -380,16 +380,16 @@ pub fn prune_by_noise_rate(
     let prune = keep_at_least(cj, min_keep);
     let row = |s: usize| &probs[s * classes..(s + 1) * classes];
     let mut flagged = vec![false; labels.len()];
-    for i in 0..classes {
+    for (i, to_prune) in prune.iter().enumerate() {
         let members: Vec<usize> = (0..labels.len()).filter(|&s| labels[s] == i).collect();
         if members.len() <= min_keep {
             continue;
         }
-        for j in (0..classes).filter(|&j| j != i && prune[i][j] > 0) {
+        for j in (0..classes).filter(|&j| j != i && to_prune[j] > 0) {
             let margin = |s: usize| row(s)[j] - row(s)[i];
             let mut order = members.clone();
             order.sort_by(|&a, &b| margin(b).total_cmp(&margin(a)).then(a.cmp(&b)));
-            for &s in order.iter().take(prune[i][j]) {
+            for &s in order.iter().take(to_prune[j]) {
                 flagged[s] = true;
             }
         }
