@@ -9,12 +9,14 @@
 //! through `log` and reports progress through [`progress::Progress`].
 #![warn(missing_docs)]
 
+pub mod baselines;
 pub mod bundle;
 pub mod data;
 pub mod embedded;
 pub mod error;
 pub mod fsutil;
 pub mod kernels;
+pub mod metrics;
 pub mod nlt;
 pub mod progress;
 pub mod rng;

@@ -36,7 +36,17 @@ impl SafeZip {
         Self::new(PathBuf::from(name), Box::new(Cursor::new(bytes)))
     }
 
-    pub fn new(path: PathBuf, reader: Box<dyn ReadSeek>) -> Result<SafeZip> {
+    pub fn new(path: PathBuf, mut reader: Box<dyn ReadSeek>) -> Result<SafeZip> {
+        // The zip crate keeps only the last of several same-named entries, so
+        // duplicates are looked for in the central directory itself.
+        if let Some(names) = central_directory_names(&mut reader) {
+            let mut seen = HashSet::new();
+            for name in names {
+                if !seen.insert(name.clone()) {
+                    return Err(Error::DuplicateMember { path, member: name });
+                }
+            }
+        }
         let mut archive = ZipArchive::new(reader).map_err(|source| Error::Zip { path: path.clone(), source })?;
         let mut by_name = HashMap::new();
         let mut seen = HashSet::new();
@@ -81,6 +91,42 @@ impl SafeZip {
         }
         Ok(out)
     }
+}
+
+/// Entry names listed in the central directory, in order, for a plain
+/// (non-zip64) archive; `None` when the directory cannot be read this way
+/// (the zip crate then reports what is wrong).
+fn central_directory_names(r: &mut Box<dyn ReadSeek>) -> Option<Vec<String>> {
+    use std::io::SeekFrom;
+    let len = r.seek(SeekFrom::End(0)).ok()?;
+    let tail_len = len.min(22 + 65535);
+    r.seek(SeekFrom::Start(len - tail_len)).ok()?;
+    let mut tail = vec![0u8; tail_len as usize];
+    r.read_exact(&mut tail).ok()?;
+    let eocd = tail.windows(4).rposition(|w| w == [0x50, 0x4b, 0x05, 0x06])?;
+    let e = tail.get(eocd..eocd + 22)?;
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as usize;
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as u64;
+    let (count, size, offset) = (u16_at(e, 10), u32_at(e, 12), u32_at(e, 16));
+    if count == 0xFFFF || offset == 0xFFFF_FFFF || offset + size > len || size > 256 << 20 {
+        return None;
+    }
+    r.seek(SeekFrom::Start(offset)).ok()?;
+    let mut cd = vec![0u8; size as usize];
+    r.read_exact(&mut cd).ok()?;
+    let mut names = Vec::with_capacity(count);
+    let mut i = 0;
+    for _ in 0..count {
+        let h = cd.get(i..i + 46)?;
+        if h[..4] != [0x50, 0x4b, 0x01, 0x02] {
+            return None;
+        }
+        let (n, x, c) = (u16_at(h, 28), u16_at(h, 30), u16_at(h, 32));
+        names.push(String::from_utf8_lossy(cd.get(i + 46..i + 46 + n)?).into_owned());
+        i += 46 + n + x + c;
+    }
+    r.seek(SeekFrom::Start(0)).ok()?;
+    Some(names)
 }
 
 /// A dataset bundle read in place: the manifest is parsed on open, images

@@ -16,6 +16,7 @@ use zip::{CompressionMethod, ZipWriter};
 /// until [`BundleWriter::finish`] succeeds.
 pub struct BundleWriter {
     zip: ZipWriter<AtomicFile>,
+    dest: std::path::PathBuf,
     classes: Vec<String>,
     samples: Vec<ManifestSample>,
     names: HashSet<String>,
@@ -35,12 +36,11 @@ impl BundleWriter {
             return Err(Error::Argument("a bundle needs at least one class".into()));
         }
         let file = AtomicFile::create(out)?;
-        Ok(BundleWriter { zip: ZipWriter::new(file), classes, samples: Vec::new(), names: HashSet::new() })
+        Ok(BundleWriter { zip: ZipWriter::new(file), dest: out.to_path_buf(), classes, samples: Vec::new(), names: HashSet::new() })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
-        let dest = self.zip.get_ref().dest().to_path_buf();
-        Error::io("writing", dest, std::io::Error::other(e.to_string()))
+        Error::io("writing", &self.dest, std::io::Error::other(e.to_string()))
     }
 
     /// Adds an image (already encoded) as `split/<class of label>/file_name`.
@@ -89,7 +89,7 @@ impl BundleWriter {
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         self.zip.start_file("manifest.json", options(CompressionMethod::Deflated)).map_err(|e| self.err(e))?;
         self.zip.write_all(&json).map_err(|e| self.err(e))?;
-        let file = self.zip.finish().map_err(|e| Error::io("writing", "bundle", std::io::Error::other(e.to_string())))?;
+        let file = self.zip.finish().map_err(|e| Error::io("writing", &self.dest, std::io::Error::other(e.to_string())))?;
         file.commit()?;
         Ok(manifest)
     }

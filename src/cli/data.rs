@@ -102,7 +102,8 @@ pub fn bundle(cmd: BundleCmd) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{}: {} classes", path.display(), report.classes.len());
-                for (split, stats) in &report.splits {
+                for split in h2e::data::Split::ALL.map(|s| s.as_str()) {
+                    let Some(stats) = report.splits.get(split) else { continue };
                     println!("{split}: {} samples", stats.total);
                     for c in &stats.per_class {
                         match c.noisy {
