@@ -85,8 +85,10 @@ fn preprocess_kernel_matches_reference_on_wgpu() {
         assert!(gpu.iter().all(|v| v.is_finite()));
         let d = max_abs_diff(&gpu, &cpu);
         assert!(d < 1e-4, "case {k}: GPU and CPU differ by {d}");
-        // The public entry point takes the same path.
+        // The public entry point takes the same path (one more kernel launch on this thread).
+        let before = kernels::wgsl_launches();
         let via_api = values(kernels::preprocess(&device, &batch, &params).unwrap());
+        assert_eq!(kernels::wgsl_launches(), before + 1, "case {k}: preprocess() did not use the kernel");
         assert!(max_abs_diff(&via_api, &cpu) < 1e-4, "case {k}");
         if aug {
             // The augmentation is really applied (so the agreement above covers the hashed parameters).
@@ -184,7 +186,9 @@ fn score_kernel_matches_reference_on_wgpu() {
         // The public entry point, with autodiff logits.
         let ad = device.clone().autodiff();
         let (lt, yt) = tensors(&ad, &logits, &labels, classes);
+        let before = kernels::wgsl_launches();
         let got = kernels::score(lt, yt, &tau, &lp).unwrap().to_samples().unwrap();
+        assert_eq!(kernels::wgsl_launches(), before + 1, "score() did not use the kernel");
         compare(&got, &reference(&logits, &labels, &tau, &lp), &logits, &tau, &lp, "wgpu autodiff");
     }
 }
@@ -209,7 +213,9 @@ fn fallback_paths_on_flex_match_the_references() {
     let batch = random_batch(&mut rng, 3, 3, 9, None);
     let params = augmented(5, 6, 99);
     assert!(kernels::preprocess_wgsl(&device, &batch, &params).unwrap().is_none());
+    let before = kernels::wgsl_launches();
     let t = kernels::preprocess(&device, &batch, &params).unwrap();
+    assert_eq!(kernels::wgsl_launches(), before, "no kernel on flex");
     assert_eq!(t.dims(), [3, 3, 5, 6]);
     assert_eq!(values(t), kernels::preprocess_reference(&batch, &params).unwrap());
     // Score: tensor ops against per_sample, ties and unlabelled included.

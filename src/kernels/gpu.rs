@@ -119,6 +119,17 @@ fn output(client: &Client, device: &CubeDevice, shape: Vec<usize>, dtype: DType)
     CubeTensor::new_contiguous(client.clone(), device.clone(), shape, handle, dtype)
 }
 
+thread_local! {
+    static LAUNCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many of our WGSL kernels this thread has launched successfully: lets
+/// a test check that a code path really ran on the kernels rather than on
+/// the plain fallback (the results are the same by design).
+pub fn wgsl_launches() -> u64 {
+    LAUNCHES.with(|c| c.get())
+}
+
 /// Launches `kernel` and reports whether the device accepted it.
 fn launch<K: KernelSource>(client: &Client, kernel: K, wg: u32, count: CubeCount, buffers: Vec<Handle>, outputs: &[&Handle]) -> bool {
     let bindings = buffers.into_iter().map(|h| h.binding()).collect();
@@ -128,7 +139,10 @@ fn launch<K: KernelSource>(client: &Client, kernel: K, wg: u32, count: CubeCount
         KernelArguments::new().with_buffers(bindings),
     );
     match client.check(outputs.iter().copied()) {
-        Ok(()) => true,
+        Ok(()) => {
+            LAUNCHES.with(|c| c.set(c.get() + 1));
+            true
+        }
         Err(e) => {
             log::warn!("WGSL kernel refused by the device, using the plain implementation: {e}");
             false

@@ -18,7 +18,7 @@ pub mod hash;
 mod preprocess;
 mod score;
 
-pub use gpu::{preprocess as preprocess_wgsl, runs_wgsl, score as score_wgsl};
+pub use gpu::{preprocess as preprocess_wgsl, runs_wgsl, score as score_wgsl, wgsl_launches};
 pub use preprocess::{preprocess, preprocess_cpu, preprocess_reference, PackedBatch, PreprocessParams, SampleRegion};
 pub use score::{score, score_tensor_ops, ScoreOutput};
 
