@@ -55,7 +55,7 @@ fn main() {
         ..PreprocessParams::eval(side, side)
     };
     let gpu = time(iters, &device, |i| kernels::preprocess_wgsl(&device, &batch, &params(i)).unwrap().expect("kernel ran"));
-    let cpu = time(iters, &device, |i| kernels::preprocess_cpu(&device, &batch, &params(i)).unwrap());
+    let cpu = time(iters, &device, |i| kernels::preprocess_cpu(&device, &batch, &params(i), None).unwrap());
     let cpu_only = time(iters, &device, |i| kernels::preprocess_reference(&batch, &params(i)).unwrap());
     println!("preprocess {batch_size} x {side}x{side}x3 (crop/flip/jitter), {iters} iterations:");
     println!("  WGSL kernel (u8 upload + kernel)     {:>10.0} images/s", batch_size as f64 / gpu);

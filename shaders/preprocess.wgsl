@@ -13,19 +13,23 @@
 //   2. crop with zero padding: C(y, x) = R(y + dy, x + dx), 0 outside R
 //      (dx, dy in [-pad, pad]: "pad by `pad`, crop at offset pad + d");
 //   3. horizontal flip: F(y, x) = C(y, ow - 1 - x) when the sample's flag is set;
-//   4. photometric jitter: J = clamp((F * b - 127.5) * k + 127.5, 0, 255) with
-//      brightness b and contrast k (skipped when both ranges are 0);
+//   4. photometric jitter: J = clamp(g * F + o, 0, 255) with gain g and
+//      offset o (pixel units), skipped when g = 1 and o = 0;
 //   5. normalisation: out = J * scale[c] + bias[c] with scale = 1 / (255 std[c])
 //      and bias = -mean[c] / std[c], i.e. (J / 255 - mean[c]) / std[c].
-// The random parameters (dx, dy, flip, b, k) of sample s come from
-// `sample_rand(seed, s)`: the PCG hash below, mirrored bit for bit by
-// `h2e::kernels::hash` in Rust.
+// The per-sample parameters (dx, dy, flip, g, o) come either
+//   - from `sample_rand(seed, s)` (P_EXPLICIT = 0): the PCG hash below,
+//     mirrored bit for bit by `h2e::kernels::hash` in Rust, with brightness b
+//     and contrast k around 127.5 giving g = b * k, o = 127.5 * (1 - k); or
+//   - from the sample's words 3..8 (P_EXPLICIT = 1), drawn by the caller
+//     (the training engine's own seeded draws).
 //
 // Bindings (group 0, all `var<storage, read_write>`: Burn's allocator sub-allocates
 // small buffers from shared pages, and wgpu refuses one buffer bound both
 // read-only and writable in a dispatch; inputs are only read):
 //   0 pixels  : array<u32>, in          the batch's bytes, 4 per word, little-endian
-//   1 samples : array<u32>, in          3 words per sample: byte offset, width, height
+//   1 samples : array<u32>, in          8 words per sample: byte offset, width, height,
+//                                       dx (i32), dy (i32), flip, g (f32), o (f32)
 //   2 params  : array<u32>, in          header, see P_* below (f32 as bit patterns)
 //   3 out     : array<f32>, out        [n, channels, oh, ow]
 // Workgroup size 256 (1-D). Dispatch: g = ceil(n * oh * ow / 256) groups as
@@ -47,7 +51,9 @@ const P_BRIGHT: u32 = 8u;     // f32: brightness range, b in [1 - r, 1 + r]
 const P_CONTRAST: u32 = 9u;   // f32: contrast range, k in [1 - r, 1 + r]
 const P_SCALE: u32 = 10u;     // f32 x3: 1 / (255 std[c])
 const P_BIAS: u32 = 13u;      // f32 x3: -mean[c] / std[c]
-const P_LEN: u32 = 16u;
+const P_EXPLICIT: u32 = 16u;  // 1: per-sample parameters from `samples`
+const P_LEN: u32 = 17u;
+const S_WORDS: u32 = 8u;      // words per sample in `samples`
 
 @group(0) @binding(0) var<storage, read_write> pixels: array<u32>;
 @group(0) @binding(1) var<storage, read_write> samples: array<u32>;
@@ -71,8 +77,8 @@ struct Aug {
     dx: i32,
     dy: i32,
     flip: bool,
-    bright: f32,
-    contrast: f32,
+    gain: f32,
+    offset: f32,
 }
 
 fn sample_rand(seed_lo: u32, seed_hi: u32, s: u32) -> Aug {
@@ -85,8 +91,21 @@ fn sample_rand(seed_lo: u32, seed_hi: u32, s: u32) -> Aug {
     a.flip = params[P_FLIP] != 0u && (pcg(base + 2u) & 1u) == 1u;
     let rb = bitcast<f32>(params[P_BRIGHT]);
     let rc = bitcast<f32>(params[P_CONTRAST]);
-    a.bright = 1.0 + rb * (2.0 * unit(pcg(base + 3u)) - 1.0);
-    a.contrast = 1.0 + rc * (2.0 * unit(pcg(base + 4u)) - 1.0);
+    let b = 1.0 + rb * (2.0 * unit(pcg(base + 3u)) - 1.0);
+    let k = 1.0 + rc * (2.0 * unit(pcg(base + 4u)) - 1.0);
+    a.gain = b * k;
+    a.offset = 127.5 * (1.0 - k);
+    return a;
+}
+
+fn sample_given(s: u32) -> Aug {
+    let w = S_WORDS * s;
+    var a: Aug;
+    a.dx = bitcast<i32>(samples[w + 3u]);
+    a.dy = bitcast<i32>(samples[w + 4u]);
+    a.flip = samples[w + 5u] != 0u;
+    a.gain = bitcast<f32>(samples[w + 6u]);
+    a.offset = bitcast<f32>(samples[w + 7u]);
     return a;
 }
 
@@ -119,14 +138,19 @@ fn main(
     let rem = idx - s * plane;
     let oy = rem / ow;
     let ox = rem - oy * ow;
-    if (3u * s + 2u >= arrayLength(&samples)) {
+    if (S_WORDS * s + S_WORDS > arrayLength(&samples)) {
         return;
     }
-    let base = samples[3u * s];
-    let sw = samples[3u * s + 1u];
-    let sh = samples[3u * s + 2u];
+    let base = samples[S_WORDS * s];
+    let sw = samples[S_WORDS * s + 1u];
+    let sh = samples[S_WORDS * s + 2u];
 
-    let a = sample_rand(params[P_SEED_LO], params[P_SEED_HI], s);
+    var a: Aug;
+    if (params[P_EXPLICIT] != 0u) {
+        a = sample_given(s);
+    } else {
+        a = sample_rand(params[P_SEED_LO], params[P_SEED_HI], s);
+    }
     var cx = ox;
     if (a.flip) {
         cx = ow - 1u - ox;
@@ -152,7 +176,7 @@ fn main(
         wx = sx - f32(x0);
         wy = sy - f32(y0);
     }
-    let jitter = bitcast<f32>(params[P_BRIGHT]) != 0.0 || bitcast<f32>(params[P_CONTRAST]) != 0.0;
+    let jitter = a.gain != 1.0 || a.offset != 0.0;
     let row0 = base + y0 * sw * ch;
     let row1 = base + y1 * sw * ch;
     for (var c = 0u; c < ch; c = c + 1u) {
@@ -167,7 +191,7 @@ fn main(
             v = (1.0 - wy) * top + wy * bot;
         }
         if (jitter) {
-            v = clamp((v * a.bright - 127.5) * a.contrast + 127.5, 0.0, 255.0);
+            v = clamp(a.gain * v + a.offset, 0.0, 255.0);
         }
         let o = ((s * ch + c) * oh + oy) * ow + ox;
         if (o < arrayLength(&out)) {

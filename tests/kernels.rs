@@ -3,7 +3,7 @@
 //! `flex` backend, and the preprocessing conventions themselves.
 
 use burn::tensor::{Device, DeviceType, Int, Tensor, TensorData};
-use h2e::kernels::{self, PackedBatch, PreprocessParams};
+use h2e::kernels::{self, PackedBatch, PreprocessParams, SampleAug};
 use h2e::rng::Rng;
 use h2e::score::{per_sample, SampleScore};
 
@@ -310,10 +310,10 @@ fn reference_crop_flip_and_jitter_follow_the_hashed_parameters() {
     let a = pj.sample(0);
     let out = kernels::preprocess_reference(&batch, &pj).unwrap();
     for (o, &v) in out.iter().zip(&px) {
-        let want = ((v as f32 * a.brightness - 127.5) * a.contrast + 127.5).clamp(0.0, 255.0) / 255.0;
+        let want = (a.gain * v as f32 + a.offset).clamp(0.0, 255.0) / 255.0;
         assert!((o - want).abs() < 1e-6);
     }
-    assert!(a.brightness != 1.0 && a.contrast != 1.0);
+    assert!(a.gain != 1.0 && a.offset != 0.0);
 }
 
 #[test]
@@ -326,4 +326,68 @@ fn batches_gathered_from_a_set_keep_the_sample_order() {
     assert_eq!(&b.data()[..18], &pixels[36..54]);
     assert_eq!(&b.data()[18..], &pixels[..18]);
     assert!(PackedBatch::gather(c, h, w, &pixels, &[4]).is_err(), "index past the end");
+}
+
+/// Per-sample parameters drawn the way the training engine's policy does:
+/// shifts in [-pad, pad], flips, gain in [1-j, 1+j], bias in [-j, j] (x 255).
+fn engine_like_augs(rng: &mut Rng, n: usize, pad: usize, j: f32) -> Vec<SampleAug> {
+    (0..n)
+        .map(|_| SampleAug {
+            dx: rng.below(2 * pad + 1) as i32 - pad as i32,
+            dy: rng.below(2 * pad + 1) as i32 - pad as i32,
+            flip: rng.next_u64() & 1 == 1,
+            gain: 1.0 + j * (2.0 * rng.f32() - 1.0),
+            offset: 255.0 * j * (2.0 * rng.f32() - 1.0),
+        })
+        .collect()
+}
+
+#[test]
+fn explicit_parameters_follow_the_engine_convention() {
+    // Same-size images: out[c][y][x] = (clamp(gain * p / 255 + bias, 0, 1) - mean) / std with
+    // p = img[y + dy][(flip ? w - 1 - x : x) + dx][c] (0 outside): the training engine's CPU batch.
+    let mut rng = Rng::new(77);
+    let (n, c, h, w) = (3, 3, 5, 4);
+    let pixels: Vec<u8> = (0..n * c * h * w).map(|_| rng.below(256) as u8).collect();
+    let batch = PackedBatch::uniform(c, h, w, pixels.clone()).unwrap();
+    let augs = engine_like_augs(&mut rng, n, 2, 0.3);
+    let params = PreprocessParams { mean: [0.4, 0.5, 0.6], std: [0.2, 0.3, 0.25], ..PreprocessParams::eval(h as u32, w as u32) };
+    let out = kernels::preprocess_reference_with(&batch, &params, Some(&augs)).unwrap();
+    for (s, a) in augs.iter().enumerate() {
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let sx = if a.flip { w - 1 - x } else { x } as i32 + a.dx;
+                    let sy = y as i32 + a.dy;
+                    let p = if (0..w as i32).contains(&sx) && (0..h as i32).contains(&sy) {
+                        pixels[s * h * w * c + (sy as usize * w + sx as usize) * c + ch] as f32 / 255.0
+                    } else {
+                        0.0
+                    };
+                    let v = (a.gain * p + a.offset / 255.0).clamp(0.0, 1.0);
+                    let want = (v - params.mean[ch]) / params.std[ch];
+                    let got = out[((s * c + ch) * h + y) * w + x];
+                    assert!((got - want).abs() < 1e-5, "sample {s} ({ch},{y},{x}): {got} vs {want}");
+                }
+            }
+        }
+    }
+    assert!(kernels::preprocess_reference_with(&batch, &params, Some(&augs[..2])).is_err(), "one per sample");
+}
+
+#[test]
+fn explicit_parameters_on_wgpu_match_the_reference() {
+    let Some(device) = wgpu() else { return };
+    let mut rng = Rng::new(78);
+    for &(n, c, fixed) in &[(1usize, 1usize, Some((8u32, 8u32))), (13, 3, None)] {
+        let batch = random_batch(&mut rng, n, c, 9, fixed);
+        let augs = engine_like_augs(&mut rng, n, 2, 0.4);
+        let params = PreprocessParams::eval(8, 8);
+        let gpu = kernels::preprocess_wgsl_with(&device, &batch, &params, Some(&augs)).unwrap().expect("kernel ran");
+        let cpu = kernels::preprocess_reference_with(&batch, &params, Some(&augs)).unwrap();
+        let d = max_abs_diff(&values(gpu), &cpu);
+        assert!(d < 1e-4, "n={n} c={c}: {d}");
+        let plain = kernels::preprocess_reference(&batch, &params).unwrap();
+        assert!(max_abs_diff(&plain, &cpu) > 0.05, "the parameters were applied");
+    }
 }

@@ -30,6 +30,7 @@ use burn::cubecl::server::{Handle, KernelArguments};
 use burn::cubecl::{CubeCount, CubeDim};
 use burn::tensor::{DType, Device, FloatDType, Int, IntDType, Shape, Tensor};
 
+use super::hash::SampleAug;
 use super::preprocess::{checked, PackedBatch, PreprocessParams};
 use super::score::{check_shapes, ScoreOutput};
 use super::{PREPROCESS_WGSL, SCORE_WGSL};
@@ -156,7 +157,18 @@ fn launch<K: KernelSource>(client: &Client, kernel: K, wg: u32, count: CubeCount
 /// [`preprocess`](super::preprocess)). On an autodiff device the tensor is a
 /// constant of the graph.
 pub fn preprocess(device: &Device, batch: &PackedBatch, p: &PreprocessParams) -> Result<Option<Tensor<4>>> {
-    checked(batch, p)?;
+    preprocess_with(device, batch, p, None)
+}
+
+/// [`preprocess`] with explicit per-sample parameters (see
+/// [`preprocess_with`](super::preprocess_with)).
+pub fn preprocess_with(
+    device: &Device,
+    batch: &PackedBatch,
+    p: &PreprocessParams,
+    augs: Option<&[SampleAug]>,
+) -> Result<Option<Tensor<4>>> {
+    checked(batch, p, augs)?;
     let Some(cube) = wgpu_device(&device.clone().without_autodiff()) else { return Ok(None) };
     let client = cube.client();
     let n = batch.len();
@@ -165,8 +177,24 @@ pub fn preprocess(device: &Device, batch: &PackedBatch, p: &PreprocessParams) ->
 
     let mut bytes = batch.data().to_vec();
     bytes.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
-    let samples: Vec<u32> =
-        batch.samples().iter().flat_map(|s| [s.offset as u32, s.width, s.height]).collect();
+    let samples: Vec<u32> = batch
+        .samples()
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            let a = augs.map_or(SampleAug::IDENTITY, |augs| augs[i]);
+            [
+                s.offset as u32,
+                s.width,
+                s.height,
+                a.dx as u32,
+                a.dy as u32,
+                a.flip as u32,
+                a.gain.to_bits(),
+                a.offset.to_bits(),
+            ]
+        })
+        .collect();
     let (scale, bias) = p.affine();
     let mut params = vec![
         n as u32,
@@ -181,6 +209,7 @@ pub fn preprocess(device: &Device, batch: &PackedBatch, p: &PreprocessParams) ->
         p.contrast.to_bits(),
     ];
     params.extend(scale.iter().chain(&bias).map(|v| v.to_bits()));
+    params.push(augs.is_some() as u32);
 
     let pixels = client.create_from_slice(&bytes);
     let samples = client.create_from_slice(&words_to_bytes(&samples));

@@ -248,8 +248,20 @@ impl PreprocessParams {
     }
 }
 
-pub(crate) fn checked(batch: &PackedBatch, params: &PreprocessParams) -> Result<()> {
+pub(crate) fn checked(batch: &PackedBatch, params: &PreprocessParams, augs: Option<&[SampleAug]>) -> Result<()> {
     params.validate()?;
+    if let Some(augs) = augs {
+        if augs.len() != batch.len() {
+            return Err(Error::Argument(format!(
+                "preprocess: {} per-sample augmentations for a batch of {}",
+                augs.len(),
+                batch.len()
+            )));
+        }
+        if augs.iter().any(|a| !a.gain.is_finite() || !a.offset.is_finite() || a.dx.unsigned_abs() > 1 << 20 || a.dy.unsigned_abs() > 1 << 20) {
+            return Err(Error::Argument("preprocess: a per-sample augmentation has a non-finite tone or a huge shift".into()));
+        }
+    }
     batch.validate()?;
     if batch.is_empty() {
         return Err(Error::Argument("preprocess: the batch is empty".into()));
@@ -264,15 +276,25 @@ pub(crate) fn checked(batch: &PackedBatch, params: &PreprocessParams) -> Result<
 /// The plain CPU implementation: NCHW `f32` values, `[n, channels,
 /// height, width]` row-major. Same arithmetic as `shaders/preprocess.wgsl`.
 pub fn preprocess_reference(batch: &PackedBatch, params: &PreprocessParams) -> Result<Vec<f32>> {
-    checked(batch, params)?;
+    preprocess_reference_with(batch, params, None)
+}
+
+/// [`preprocess_reference`] with the per-sample parameters given
+/// (`augs[i]` for sample `i`) instead of hashed from `params.seed`;
+/// `params`' pad, flip, brightness, contrast and seed are then unused.
+pub fn preprocess_reference_with(batch: &PackedBatch, params: &PreprocessParams, augs: Option<&[SampleAug]>) -> Result<Vec<f32>> {
+    checked(batch, params, augs)?;
     let ch = batch.channels;
     let (oh, ow) = (params.height as usize, params.width as usize);
     let (scale, bias) = params.affine();
-    let jitter = params.brightness != 0.0 || params.contrast != 0.0;
     let mut out = vec![0f32; batch.len() * ch * oh * ow];
     let data = &batch.data;
     for (s, region) in batch.samples.iter().enumerate() {
-        let a = params.sample(s as u32);
+        let a = match augs {
+            Some(augs) => augs[s],
+            None => params.sample(s as u32),
+        };
+        let jitter = a.gain != 1.0 || a.offset != 0.0;
         let (sw, sh) = (region.width as usize, region.height as usize);
         let (fx, fy) = (sw as f32 / ow as f32, sh as f32 / oh as f32);
         for oy in 0..oh {
@@ -303,7 +325,7 @@ pub fn preprocess_reference(batch: &PackedBatch, params: &PreprocessParams) -> R
                         v = (1.0 - wy) * top + wy * bot;
                     }
                     if jitter {
-                        v = ((v * a.brightness - 127.5) * a.contrast + 127.5).clamp(0.0, 255.0);
+                        v = (a.gain * v + a.offset).clamp(0.0, 255.0);
                     }
                     out[((s * ch + c) * oh + oy) * ow + ox] = v * scale[c] + bias[c];
                 }
@@ -321,16 +343,23 @@ pub fn preprocess_reference(batch: &PackedBatch, params: &PreprocessParams) -> R
 /// [`preprocess_reference`] and uploads the result. On an autodiff device
 /// the tensor is a constant of the graph.
 pub fn preprocess(device: &Device, batch: &PackedBatch, params: &PreprocessParams) -> Result<Tensor<4>> {
-    if let Some(t) = super::gpu::preprocess(device, batch, params)? {
-        return Ok(t);
-    }
-    preprocess_cpu(device, batch, params)
+    preprocess_with(device, batch, params, None)
 }
 
-/// [`preprocess_reference`] uploaded as a tensor: the path every non-wgpu
-/// device takes.
-pub fn preprocess_cpu(device: &Device, batch: &PackedBatch, params: &PreprocessParams) -> Result<Tensor<4>> {
-    let values = preprocess_reference(batch, params)?;
+/// [`preprocess`] with the per-sample parameters given (`augs[i]` for
+/// sample `i`, e.g. drawn by the training engine's own seeded policy)
+/// instead of hashed from `params.seed`.
+pub fn preprocess_with(device: &Device, batch: &PackedBatch, params: &PreprocessParams, augs: Option<&[SampleAug]>) -> Result<Tensor<4>> {
+    if let Some(t) = super::gpu::preprocess_with(device, batch, params, augs)? {
+        return Ok(t);
+    }
+    preprocess_cpu(device, batch, params, augs)
+}
+
+/// [`preprocess_reference_with`] uploaded as a tensor: the path every
+/// non-wgpu device takes.
+pub fn preprocess_cpu(device: &Device, batch: &PackedBatch, params: &PreprocessParams, augs: Option<&[SampleAug]>) -> Result<Tensor<4>> {
+    let values = preprocess_reference_with(batch, params, augs)?;
     let shape = [batch.len(), batch.channels, params.height as usize, params.width as usize];
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }
