@@ -49,9 +49,16 @@ pub struct ManifestSample {
 impl Manifest {
     /// Parses and validates manifest JSON. `name` is used in errors.
     pub fn parse(bytes: &[u8], name: &str) -> Result<Manifest> {
-        let value: serde_json::Value =
+        // Format and version are checked first, so a newer or foreign file
+        // gets an error about that rather than about some field.
+        #[derive(Deserialize)]
+        struct Header {
+            format: Option<serde_json::Value>,
+            version: Option<serde_json::Value>,
+        }
+        let header: Header =
             serde_json::from_slice(bytes).map_err(|e| Error::invalid(name, "manifest", format!("not JSON: {e}")))?;
-        let format = value.get("format").and_then(|v| v.as_str());
+        let format = header.format.as_ref().and_then(|v| v.as_str());
         if format != Some(FORMAT) {
             return Err(Error::invalid(
                 name,
@@ -59,8 +66,9 @@ impl Manifest {
                 format!("field \"format\" is {format:?}, expected \"{FORMAT}\"; is this an h2e dataset bundle?"),
             ));
         }
-        let version = value
-            .get("version")
+        let version = header
+            .version
+            .as_ref()
             .and_then(|v| v.as_u64())
             .ok_or_else(|| Error::invalid(name, "manifest", "missing or non-integer \"version\""))?;
         if version > VERSION as u64 {
@@ -71,8 +79,7 @@ impl Manifest {
                 supported: VERSION,
             });
         }
-        let m: Manifest =
-            serde_json::from_value(value).map_err(|e| Error::invalid(name, "manifest", e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::invalid(name, "manifest", e.to_string()))?;
         m.validate(name)?;
         Ok(m)
     }
