@@ -21,7 +21,7 @@
 //   - from `sample_rand(seed, s)` (P_EXPLICIT = 0): the PCG hash below,
 //     mirrored bit for bit by `h2e::kernels::hash` in Rust, with brightness b
 //     and contrast k around 127.5 giving g = b * k, o = 127.5 * (1 - k); or
-//   - from the sample's words 3..8 (P_EXPLICIT = 1), drawn by the caller
+//   - from the sample's words 3 to 7 (P_EXPLICIT = 1), drawn by the caller
 //     (the training engine's own seeded draws).
 //
 // Bindings (group 0, all `var<storage, read_write>`: Burn's allocator sub-allocates
