@@ -16,11 +16,13 @@
 mod folder;
 mod idx;
 mod image_io;
+mod list;
 mod set;
 
 pub use folder::ImageFolder;
 pub use idx::{fashion_mnist_classes, IdxSource, FASHION_MNIST_DIR};
 pub use image_io::{decode_image, encode_png, resize, DecodeLimits};
+pub use list::ListSource;
 pub use set::{load_split, TensorSet};
 
 use crate::error::{Error, Result};
@@ -97,6 +99,11 @@ pub trait Source: Send + Sync {
     fn classes(&self) -> &[String];
     /// Every sample, in a deterministic order.
     fn samples(&self) -> &[SampleMeta];
+    /// False when the source carries no labels (an unlabelled image list);
+    /// every `label` is then 0 and meaningless.
+    fn labelled(&self) -> bool {
+        true
+    }
     /// The encoded bytes of sample `index` (PNG/JPEG/... as stored; IDX
     /// samples are encoded to PNG).
     fn read_encoded(&self, index: usize) -> Result<Vec<u8>>;
@@ -109,7 +116,8 @@ pub trait Source: Send + Sync {
 }
 
 /// Opens a folder (ImageFolder, or a folder holding IDX files), a dataset
-/// bundle (`.zip`), or the Debian Fashion-MNIST package by the name
+/// bundle (`.zip`), an image list (`.csv` / `.jsonl` with `path` and
+/// optional `label`), or the Debian Fashion-MNIST package by the name
 /// `fashion-mnist`.
 pub fn open_source(path: &Path) -> Result<Box<dyn Source>> {
     if path.as_os_str() == "fashion-mnist" && !path.exists() {
@@ -121,6 +129,9 @@ pub fn open_source(path: &Path) -> Result<Box<dyn Source>> {
             return Ok(Box::new(IdxSource::open_dir(path)?));
         }
         return Ok(Box::new(ImageFolder::open(path)?));
+    }
+    if ListSource::is_list_file(path) {
+        return Ok(Box::new(ListSource::open(path)?));
     }
     Ok(Box::new(crate::bundle::BundleSource::open(path)?))
 }
