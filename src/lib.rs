@@ -12,14 +12,19 @@
 pub mod baselines;
 pub mod bundle;
 pub mod data;
+pub mod device;
 pub mod embedded;
 pub mod error;
 pub mod fsutil;
+pub mod identifier;
 pub mod kernels;
 pub mod metrics;
+pub mod model;
 pub mod nlt;
 pub mod progress;
 pub mod rng;
 pub mod score;
+pub mod train;
+pub mod weights;
 
 pub use error::{Error, Result};

@@ -99,8 +99,7 @@ pub struct Scores {
 /// Decides flags and weights for per-sample scores of samples with `labels`
 /// (`classes` classes) under `op`.
 pub fn apply(per: &[SampleScore], labels: &[usize], classes: usize, op: &OperatingPoint) -> Scores {
-    let n = per.len();
-    let mut flagged: Vec<bool> = per
+    let flagged: Vec<bool> = per
         .iter()
         .zip(labels)
         .map(|(s, &l)| match op.rule {
@@ -108,6 +107,14 @@ pub fn apply(per: &[SampleScore], labels: &[usize], classes: usize, op: &Operati
             Rule::Threshold(t) => s.noise_score >= t,
         })
         .collect();
+    apply_caps(per, flagged, labels, classes, op)
+}
+
+/// Applies `op`'s caps (maximum flag rate, minimum kept per class) to flags
+/// decided elsewhere (e.g. by a baseline detector), then computes weights.
+/// Caps unflag the lowest-scored samples first.
+pub fn apply_caps(per: &[SampleScore], mut flagged: Vec<bool>, labels: &[usize], classes: usize, op: &OperatingPoint) -> Scores {
+    let n = per.len();
     // Highest scores first, index as tie-break: deterministic.
     let by_score = |idx: &mut Vec<usize>| {
         idx.sort_by(|&a, &b| per[b].noise_score.total_cmp(&per[a].noise_score).then(a.cmp(&b)));

@@ -2,6 +2,7 @@
 //! group lives in its own file; the library does the work.
 
 mod data;
+mod model;
 mod term;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,10 @@ pub enum Command {
     Bundle(data::BundleCmd),
     /// Build a noisy long-tailed benchmark bundle with known ground truth.
     MakeNlt(data::MakeNltArgs),
+    /// Train a noise identifier (H2E or a baseline) and save it as a bundle.
+    Train(model::TrainArgs),
+    /// Print the noise-detection quality recorded in an identifier bundle.
+    Eval(model::EvalArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -34,6 +39,8 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Bundle(cmd) => data::bundle(cmd),
         Command::MakeNlt(args) => data::make_nlt(args),
+        Command::Train(args) => model::train(args),
+        Command::Eval(args) => model::eval(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,232 @@
+//! `h2e train` and `h2e eval`.
+
+use super::term::TermProgress;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use h2e::data::{load_split, open_source, Source, Split, TensorSet};
+use h2e::device::{select, DeviceChoice};
+use h2e::identifier::Identifier;
+use h2e::model::BackboneKind;
+use h2e::score::{OperatingPoint, Rule};
+use h2e::train::{Engine, Method, TrainConfig};
+use std::path::{Path, PathBuf};
+
+/// `h2e train` flags.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training data: a folder, a dataset bundle, an image list, or `fashion-mnist`.
+    /// Omitted: the embedded default benchmark.
+    pub data: Option<PathBuf>,
+    /// Output identifier bundle.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Detector: h2e, ce, small-loss or confident-learning.
+    #[arg(long, default_value = "h2e")]
+    pub method: Method,
+    /// Device: auto, wgpu, vulkan, metal, dx12, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Backbone: small-cnn or resnet18 (default: by input size).
+    #[arg(long)]
+    pub backbone: Option<BackboneKind>,
+    /// Square input size (default: the first training image's larger side).
+    #[arg(long)]
+    pub input_size: Option<usize>,
+    /// Hard-to-easy rounds (h2e).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Backbone epochs per round.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Identifier (stage B) epochs per round.
+    #[arg(long, default_value_t = 3)]
+    pub identifier_epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Peak learning rate of the backbone (cosine schedule).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Weight of the IRMv1 penalty.
+    #[arg(long, default_value_t = 1.0)]
+    pub irm_lambda: f64,
+    /// Folds for confident learning.
+    #[arg(long, default_value_t = 4)]
+    pub folds: usize,
+    /// Also train the robust stage-2 classifier (needs a test split).
+    #[arg(long)]
+    pub classifier: bool,
+    /// Stage-2 epochs.
+    #[arg(long, default_value_t = 5)]
+    pub classifier_epochs: usize,
+    /// Flag when the noise score reaches this value instead of the argmax rule.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Flag at most this fraction of the samples.
+    #[arg(long)]
+    pub max_flag_rate: Option<f32>,
+    /// Keep at least this many samples of every class.
+    #[arg(long, default_value_t = 1)]
+    pub min_per_class: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `h2e eval` flags.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Identifier bundle written by `h2e train`.
+    pub identifier: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn open_data(data: Option<&Path>) -> Result<(Box<dyn Source>, String)> {
+    match data {
+        Some(p) => Ok((open_source(p).with_context(|| format!("cannot open data source {}", p.display()))?, p.display().to_string())),
+        None => Ok((Box::new(h2e::embedded::default_source()?), h2e::embedded::DEFAULT_NAME.to_string())),
+    }
+}
+
+/// Decodes the train (and test) split at the model's input size.
+fn load(src: &dyn Source, name: &str, input_size: Option<usize>, progress: &TermProgress) -> Result<(TensorSet, Option<TensorSet>)> {
+    let first = src
+        .samples()
+        .iter()
+        .position(|s| s.split == Split::Train)
+        .with_context(|| format!("{name}: no training samples"))?;
+    let img = src.load(first).with_context(|| format!("{name}: reading the first training image"))?;
+    let size = input_size.unwrap_or(img.width.max(img.height) as usize);
+    let channels = img.channels as usize;
+    let train = load_split(src, Split::Train, channels, size, size, &mut progress.counter("loading train split"))
+        .with_context(|| format!("loading the training split of {name}"))?;
+    let test = if src.samples().iter().any(|s| s.split == Split::Test) {
+        Some(
+            load_split(src, Split::Test, channels, size, size, &mut progress.counter("loading test split"))
+                .with_context(|| format!("loading the test split of {name}"))?,
+        )
+    } else {
+        None
+    };
+    Ok((train, test))
+}
+
+pub fn train(a: TrainArgs) -> Result<i32> {
+    let cfg = TrainConfig {
+        method: a.method,
+        backbone: a.backbone,
+        input_size: a.input_size,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        identifier_epochs: a.identifier_epochs,
+        irm_lambda: a.irm_lambda,
+        rounds: a.rounds,
+        folds: a.folds,
+        classifier: a.classifier,
+        classifier_epochs: a.classifier_epochs,
+        operating_point: OperatingPoint {
+            rule: a.threshold.map_or(Rule::Argmax, Rule::Threshold),
+            max_flag_rate: a.max_flag_rate,
+            min_per_class: a.min_per_class,
+        },
+        seed: a.seed,
+        ..TrainConfig::default()
+    };
+    cfg.validate()?;
+    if a.output.exists() && a.output.is_dir() {
+        bail!("{} is a folder; give the identifier bundle's file name (e.g. identifier.zip)", a.output.display());
+    }
+    let selected = select(a.device)?;
+    eprintln!("device: {}", selected.description);
+    let progress = TermProgress::new();
+    let (src, name) = open_data(a.data.as_deref())?;
+    let (train, test) = load(src.as_ref(), &name, a.input_size, &progress)?;
+    eprintln!(
+        "data: {name}: {} training samples, {} classes, {}x{}x{}{}",
+        train.len(),
+        train.classes.len(),
+        train.channels,
+        train.height,
+        train.width,
+        test.as_ref().map(|t| format!(", {} test samples", t.len())).unwrap_or_default()
+    );
+    let engine = Engine::new(selected.device.clone(), cfg, &train, &progress)?;
+    let trained = engine.run(&train, test.as_ref(), selected.backend).context("training")?;
+    for r in &trained.report.rounds {
+        let mut line = format!("round {}: flagged {} of {} samples", r.round, r.flagged, train.len());
+        if let Some(m) = &r.metrics {
+            line += &format!(
+                "; noise detection precision {:.3} recall {:.3} F1 {:.3} (head {:.3}, tail {:.3}), AUROC {}",
+                m.precision,
+                m.recall,
+                m.f1,
+                m.head.f1,
+                m.tail.f1,
+                m.auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
+            );
+        }
+        eprintln!("{line}");
+    }
+    if let Some(acc) = &trained.report.classifier {
+        eprintln!("classifier: balanced test accuracy {:.3}", acc.balanced_accuracy);
+    }
+    let seconds = trained.report.seconds;
+    let id = Identifier::from_trained(trained, &train, selected.device)?;
+    id.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!("wrote {} ({seconds:.0} s)", a.output.display());
+    Ok(0)
+}
+
+pub fn eval(a: EvalArgs) -> Result<i32> {
+    let report = Identifier::read_report(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
+    let rounds: Vec<serde_json::Value> = report
+        .rounds
+        .iter()
+        .map(|r| match &r.metrics {
+            Some(m) => serde_json::json!({
+                "round": r.round, "flagged": r.flagged,
+                "precision": m.precision, "recall": m.recall, "f1": m.f1, "auroc": m.auroc,
+                "head": m.head, "medium": m.medium, "tail": m.tail,
+            }),
+            None => serde_json::json!({"round": r.round, "flagged": r.flagged}),
+        })
+        .collect();
+    let out = serde_json::json!({
+        "method": report.method,
+        "backend": report.backend,
+        "samples": report.samples,
+        "rounds": rounds,
+        "test_accuracy": report.classifier.as_ref().map(|c| c.accuracy),
+        "classifier": report.classifier,
+        "seconds": report.seconds,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(0);
+    }
+    println!("{}: method {}, {} training samples, trained on {}", a.identifier.display(), report.method.as_str(), report.samples, report.backend);
+    for r in &report.rounds {
+        match &r.metrics {
+            Some(m) => println!(
+                "round {}: flagged {}; precision {:.3} recall {:.3} F1 {:.3}; F1 head {:.3} medium {:.3} tail {:.3}; AUROC {}",
+                r.round,
+                r.flagged,
+                m.precision,
+                m.recall,
+                m.f1,
+                m.head.f1,
+                m.medium.f1,
+                m.tail.f1,
+                m.auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
+            ),
+            None => println!("round {}: flagged {} (no ground truth)", r.round, r.flagged),
+        }
+    }
+    if let Some(c) = &report.classifier {
+        println!("classifier: accuracy {:.3}, balanced {:.3}", c.accuracy, c.balanced_accuracy);
+    }
+    Ok(0)
+}

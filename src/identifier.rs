@@ -1,0 +1,354 @@
+//! Identifier bundles: a trained noise identifier saved as a zip, and the
+//! API that applies it to new data.
+//!
+//! Members: `config.json` ([`IdentifierConfig`]: how it was made and
+//! everything needed to score), `model.safetensors` (backbone and its
+//! classifier), `head.safetensors` (the identifier head with its `tau`),
+//! optionally `classifier.safetensors` (stage 2), and `report.json`
+//! ([`TrainReport`]).
+//!
+//! ```no_run
+//! use h2e::identifier::Identifier;
+//! use h2e::data::{open_source, load_split, Split};
+//! let id = Identifier::open("identifier.zip".as_ref(), burn::tensor::Device::flex()).unwrap();
+//! let src = open_source("new_images/".as_ref()).unwrap();
+//! let set = load_split(src.as_ref(), Split::Train, id.channels(), id.input_size(), id.input_size(), &mut |_, _| {}).unwrap();
+//! let scores = id.score_set(&set, None).unwrap();
+//! println!("{} flagged", scores.flagged.iter().filter(|&&f| f).count());
+//! ```
+
+use std::io::Write;
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+use crate::bundle::SafeZip;
+use crate::data::TensorSet;
+use crate::error::{Error, Result};
+use crate::fsutil::AtomicFile;
+use crate::kernels::{self, PackedBatch, PreprocessParams};
+use crate::model::{BackboneKind, Head, Net};
+use crate::score::{self, OperatingPoint, SampleScore, Scores};
+use crate::train::{read_f32, TrainConfig, TrainReport, Trained};
+use crate::weights;
+
+/// `format` of an identifier's `config.json`.
+pub const FORMAT: &str = "h2e-identifier";
+/// Newest identifier format version this build reads and the one it writes.
+pub const VERSION: u32 = 1;
+/// Cap on one member's decompressed size.
+const MAX_MEMBER: u64 = 1 << 30;
+
+/// `config.json` of an identifier bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierConfig {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Format version ([`VERSION`]).
+    pub version: u32,
+    /// Version of h2e that wrote it.
+    pub crate_version: String,
+    /// Backbone architecture.
+    pub backbone: BackboneKind,
+    /// Image channels (1 or 3).
+    pub channels: usize,
+    /// Square input size in pixels.
+    pub input_size: usize,
+    /// Normalisation mean of `x / 255`.
+    pub mean: [f32; 3],
+    /// Normalisation standard deviation.
+    pub std: [f32; 3],
+    /// Class names (label = index).
+    pub classes: Vec<String>,
+    /// Learned per-class tau (0 for the baselines).
+    pub tau: Vec<f32>,
+    /// Class priors `pi` of the final training set.
+    pub class_priors: Vec<f32>,
+    /// Default operating point.
+    pub operating_point: OperatingPoint,
+    /// Seed of the run.
+    pub seed: u64,
+    /// SHA-256 of the training data (labels and pixels).
+    pub data_fingerprint: String,
+    /// Whether `classifier.safetensors` is present.
+    pub has_classifier: bool,
+    /// The full training configuration.
+    pub train: TrainConfig,
+}
+
+/// SHA-256 over a set's shape, labels and pixels.
+pub fn fingerprint(set: &TensorSet) -> String {
+    let mut h = Sha256::new();
+    for v in [set.channels, set.height, set.width, set.len(), set.classes.len()] {
+        h.update((v as u64).to_le_bytes());
+    }
+    for c in &set.classes {
+        h.update(c.as_bytes());
+        h.update([0]);
+    }
+    for &l in &set.labels {
+        h.update((l as u32).to_le_bytes());
+    }
+    h.update(&set.pixels);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A loaded identifier, bound to one device. `Send + Sync`: share it
+/// between threads behind an `Arc`.
+#[derive(Debug)]
+pub struct Identifier {
+    config: IdentifierConfig,
+    net: Net,
+    head: Head,
+    classifier: Option<Net>,
+    report: Option<TrainReport>,
+    device: Device,
+}
+
+fn member_options(method: CompressionMethod) -> SimpleFileOptions {
+    SimpleFileOptions::default().compression_method(method).last_modified_time(zip::DateTime::default()).unix_permissions(0o644)
+}
+
+impl Identifier {
+    /// Builds the identifier of a finished training run (its data `train`
+    /// gives the fingerprint).
+    pub fn from_trained(trained: Trained, train: &TensorSet, device: Device) -> Result<Identifier> {
+        let tau = trained.tau()?;
+        let cfg = &trained.config;
+        let config = IdentifierConfig {
+            format: FORMAT.into(),
+            version: VERSION,
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            backbone: cfg.backbone.unwrap_or(BackboneKind::SmallCnn),
+            channels: trained.channels,
+            input_size: cfg.input_size.unwrap_or(train.height.max(train.width)),
+            mean: cfg.mean,
+            std: cfg.std,
+            classes: train.classes.clone(),
+            tau,
+            class_priors: trained.log_prior.iter().map(|l| l.exp()).collect(),
+            operating_point: cfg.operating_point,
+            seed: cfg.seed,
+            data_fingerprint: fingerprint(train),
+            has_classifier: trained.classifier.is_some(),
+            train: cfg.clone(),
+        };
+        Ok(Identifier {
+            config,
+            net: trained.net,
+            head: trained.head,
+            classifier: trained.classifier,
+            report: Some(trained.report),
+            device: device.without_autodiff(),
+        })
+    }
+
+    /// Writes the bundle to `path` atomically (a temporary file renamed
+    /// into place: an interrupted save leaves nothing behind).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let err = |e: &dyn std::fmt::Display| Error::io("writing", path, std::io::Error::other(e.to_string()));
+        let mut zip = ZipWriter::new(AtomicFile::create(path)?);
+        let put = |zip: &mut ZipWriter<AtomicFile>, name: &str, bytes: &[u8], method| -> Result<()> {
+            zip.start_file(name, member_options(method)).map_err(|e| err(&e))?;
+            zip.write_all(bytes).map_err(|e| Error::io("writing", path, e))
+        };
+        let json = |v: serde_json::Result<Vec<u8>>| v.map_err(|e| err(&e));
+        put(&mut zip, "config.json", &json(serde_json::to_vec_pretty(&self.config))?, CompressionMethod::Deflated)?;
+        put(&mut zip, "model.safetensors", &weights::to_safetensors(&self.net, None)?, CompressionMethod::Stored)?;
+        put(&mut zip, "head.safetensors", &weights::to_safetensors(&self.head, None)?, CompressionMethod::Stored)?;
+        if let Some(c) = &self.classifier {
+            put(&mut zip, "classifier.safetensors", &weights::to_safetensors(c, None)?, CompressionMethod::Stored)?;
+        }
+        if let Some(r) = &self.report {
+            put(&mut zip, "report.json", &json(serde_json::to_vec_pretty(r))?, CompressionMethod::Deflated)?;
+        }
+        let file = zip.finish().map_err(|e| err(&e))?;
+        file.commit()
+    }
+
+    /// Opens an identifier bundle on `device`.
+    pub fn open(path: &Path, device: Device) -> Result<Identifier> {
+        Self::load(SafeZip::open_file(path)?, device)
+    }
+
+    /// Opens an identifier bundle held in memory; `name` is used in errors.
+    pub fn from_bytes(name: &str, bytes: Vec<u8>, device: Device) -> Result<Identifier> {
+        Self::load(SafeZip::from_bytes(name, bytes)?, device)
+    }
+
+    /// Reads only `report.json` of a bundle (no weights, no device).
+    pub fn read_report(path: &Path) -> Result<TrainReport> {
+        let mut zip = SafeZip::open_file(path)?;
+        read_config(&mut zip)?;
+        let name = zip.path.display().to_string();
+        if !zip.by_name.contains_key("report.json") {
+            return Err(Error::invalid(name, "identifier", "it has no report.json (it was not written by `h2e train`)"));
+        }
+        let bytes = zip.read("report.json", MAX_MEMBER)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("{name}!report.json"), "report.json", e.to_string()))
+    }
+
+    fn load(mut zip: SafeZip, device: Device) -> Result<Identifier> {
+        let device = device.without_autodiff();
+        let name = zip.path.display().to_string();
+        let config = read_config(&mut zip)?;
+        let mut net = Net::new(config.backbone, config.channels, config.input_size, config.classes.len(), &device);
+        net = weights::from_safetensors(net, &zip.read("model.safetensors", MAX_MEMBER)?, &format!("{name}!model.safetensors"))?;
+        let mut head = Head::new(config.backbone.features(), config.classes.len(), &device);
+        head = weights::from_safetensors(head, &zip.read("head.safetensors", MAX_MEMBER)?, &format!("{name}!head.safetensors"))?;
+        let classifier = if config.has_classifier {
+            let c = Net::new(config.backbone, config.channels, config.input_size, config.classes.len(), &device);
+            Some(weights::from_safetensors(c, &zip.read("classifier.safetensors", MAX_MEMBER)?, &format!("{name}!classifier.safetensors"))?)
+        } else {
+            None
+        };
+        let report = match zip.by_name.contains_key("report.json") {
+            true => Some(
+                serde_json::from_slice(&zip.read("report.json", MAX_MEMBER)?)
+                    .map_err(|e| Error::invalid(format!("{name}!report.json"), "report.json", e.to_string()))?,
+            ),
+            false => None,
+        };
+        Ok(Identifier { config, net: net.valid(), head: head.valid(), classifier: classifier.map(|c| c.valid()), report, device })
+    }
+
+    /// The bundle's configuration.
+    pub fn config(&self) -> &IdentifierConfig {
+        &self.config
+    }
+
+    /// The training report, when the bundle has one.
+    pub fn report(&self) -> Option<&TrainReport> {
+        self.report.as_ref()
+    }
+
+    /// Class names.
+    pub fn classes(&self) -> &[String] {
+        &self.config.classes
+    }
+
+    /// Channels the model expects.
+    pub fn channels(&self) -> usize {
+        self.config.channels
+    }
+
+    /// Square input size the model expects.
+    pub fn input_size(&self) -> usize {
+        self.config.input_size
+    }
+
+    /// True when a stage-2 classifier is bundled.
+    pub fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
+    }
+
+    fn log_prior(&self) -> Vec<f32> {
+        self.config.class_priors.iter().map(|p| p.max(1e-12).ln()).collect()
+    }
+
+    fn params(&self) -> PreprocessParams {
+        let s = self.config.input_size as u32;
+        PreprocessParams { mean: self.config.mean, std: self.config.std, ..PreprocessParams::eval(s, s) }
+    }
+
+    /// Per-sample scores of a packed batch (any image sizes; resized on the
+    /// device). `labels[i]` is the given label of sample `i`, or `None`
+    /// when unlabelled (the score is then `1 - max p`).
+    pub fn score_batch(&self, batch: &PackedBatch, labels: &[Option<usize>]) -> Result<Vec<SampleScore>> {
+        if labels.len() != batch.len() {
+            return Err(Error::Argument(format!("{} labels for a batch of {}", labels.len(), batch.len())));
+        }
+        if batch.channels() != self.config.channels {
+            return Err(Error::Argument(format!(
+                "the identifier expects {}-channel images, the batch has {}",
+                self.config.channels,
+                batch.channels()
+            )));
+        }
+        let classes = self.config.classes.len();
+        if let Some(l) = labels.iter().flatten().find(|&&l| l >= classes) {
+            return Err(Error::Argument(format!("label {l} is not below the identifier's {classes} classes")));
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = kernels::preprocess(&self.device, batch, &self.params())?;
+        let raw = self.head.raw(self.net.backbone.forward(x));
+        let l: Vec<i64> = labels.iter().map(|l| l.map_or(-1, |l| l as i64)).collect();
+        let l = Tensor::<1, Int>::from_data(TensorData::new(l, [labels.len()]), &self.device);
+        kernels::score(raw, l, &self.config.tau, &self.log_prior())?.to_samples()
+    }
+
+    /// Scores a whole in-memory set (already at the identifier's size) and
+    /// applies `op` (the bundle's default when `None`).
+    pub fn score_set(&self, set: &TensorSet, op: Option<&OperatingPoint>) -> Result<Scores> {
+        let mut per = Vec::with_capacity(set.len());
+        let all: Vec<usize> = (0..set.len()).collect();
+        for chunk in all.chunks(512) {
+            let batch = PackedBatch::from_set(set, chunk)?;
+            let labels: Vec<Option<usize>> = chunk.iter().map(|&i| Some(set.labels[i])).collect();
+            per.extend(self.score_batch(&batch, &labels)?);
+        }
+        Ok(score::apply(&per, &set.labels, self.config.classes.len(), op.unwrap_or(&self.config.operating_point)))
+    }
+
+    /// Predictions of the stage-2 classifier for a packed batch.
+    pub fn classify_batch(&self, batch: &PackedBatch) -> Result<Vec<usize>> {
+        let clf = self.classifier.as_ref().ok_or_else(|| {
+            Error::Argument("this identifier has no classifier; train it with --classifier".into())
+        })?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = kernels::preprocess(&self.device, batch, &self.params())?;
+        let p = read_f32(clf.forward(x), "classifier logits")?;
+        let c = self.config.classes.len();
+        Ok(p.chunks(c).map(|r| (0..c).fold(0, |b, k| if r[k] > r[b] { k } else { b })).collect())
+    }
+
+    /// The learned tau.
+    pub fn tau(&self) -> &[f32] {
+        &self.config.tau
+    }
+}
+
+fn read_config(zip: &mut SafeZip) -> Result<IdentifierConfig> {
+    let name = zip.path.display().to_string();
+    if !zip.by_name.contains_key("config.json") {
+        return Err(Error::invalid(name, "identifier", "config.json is missing: this is not an h2e identifier bundle"));
+    }
+    let bytes = zip.read("config.json", MAX_MEMBER)?;
+    let member = format!("{name}!config.json");
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(&member, "config.json", e.to_string()))?;
+    match header.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT) => {}
+        Some(other) => {
+            return Err(Error::invalid(&member, "config.json", format!("format is {other:?}, expected {FORMAT:?} (a dataset bundle?)")))
+        }
+        None => return Err(Error::invalid(&member, "config.json", "no \"format\" field: not an h2e identifier")),
+    }
+    match header.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v > VERSION as u64 => {
+            return Err(Error::NewerVersion { path: member, what: "identifier", found: v as u32, supported: VERSION })
+        }
+        Some(_) => {}
+        None => return Err(Error::invalid(&member, "config.json", "no integer \"version\" field")),
+    }
+    let config: IdentifierConfig =
+        serde_json::from_value(header).map_err(|e| Error::invalid(&member, "config.json", e.to_string()))?;
+    let c = config.classes.len();
+    if c == 0 || config.tau.len() != c || config.class_priors.len() != c {
+        return Err(Error::invalid(&member, "config.json", "classes, tau and class_priors must be non-empty and of equal length"));
+    }
+    if !(1..=3).contains(&config.channels) || config.channels == 2 || config.input_size == 0 {
+        return Err(Error::invalid(&member, "config.json", "channels must be 1 or 3 and input_size positive"));
+    }
+    Ok(config)
+}

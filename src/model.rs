@@ -1,0 +1,247 @@
+//! Networks: the backbones (a small CNN for inputs up to 32 px, ResNet-18
+//! for larger ones), the classifier on top, and the H2E noise-identifier
+//! head with its learnable per-class `tau`.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::module::adaptive_avg_pool2d;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which backbone to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackboneKind {
+    /// 3 x [conv3x3 - BN - ReLU - maxpool 2] (32/64/128 channels), global
+    /// average pooling: 128 features. For inputs up to 32 px.
+    SmallCnn,
+    /// ResNet-18 (He et al. 2016), the H2E paper's backbone: 512 features.
+    /// Inputs up to 64 px use a 3x3 stride-1 stem without max pooling.
+    Resnet18,
+}
+
+impl BackboneKind {
+    /// The default for an input of `size` pixels (the larger side).
+    pub fn for_input(size: usize) -> BackboneKind {
+        if size <= 32 {
+            BackboneKind::SmallCnn
+        } else {
+            BackboneKind::Resnet18
+        }
+    }
+
+    /// Feature dimension.
+    pub fn features(self) -> usize {
+        match self {
+            BackboneKind::SmallCnn => 128,
+            BackboneKind::Resnet18 => 512,
+        }
+    }
+}
+
+impl std::str::FromStr for BackboneKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "small-cnn" => Ok(BackboneKind::SmallCnn),
+            "resnet18" => Ok(BackboneKind::Resnet18),
+            o => Err(Error::Argument(format!("unknown backbone {o:?}; expected small-cnn or resnet18"))),
+        }
+    }
+}
+
+/// Conv (no bias) + batch norm + ReLU.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(cin: usize, cout: usize, k: usize, stride: usize, device: &Device) -> ConvBn {
+        let conv = Conv2dConfig::new([cin, cout], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
+            .with_bias(false)
+            .init(device);
+        ConvBn { conv, bn: BatchNormConfig::new(cout).init(device) }
+    }
+
+    /// Conv and batch norm, no activation.
+    fn linear(&self, x: Tensor<4>) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(x))
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        relu(self.linear(x))
+    }
+}
+
+/// The small CNN backbone.
+#[derive(Module, Debug)]
+pub struct SmallCnn {
+    blocks: Vec<ConvBn>,
+    pool: MaxPool2d,
+}
+
+impl SmallCnn {
+    fn new(channels: usize, device: &Device) -> SmallCnn {
+        let widths = [channels, 32, 64, 128];
+        SmallCnn {
+            blocks: (0..3).map(|i| ConvBn::new(widths[i], widths[i + 1], 3, 1, device)).collect(),
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+        }
+    }
+
+    fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
+        for b in &self.blocks {
+            x = self.pool.forward(b.forward(x));
+        }
+        adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3)
+    }
+}
+
+/// A ResNet basic block.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    a: ConvBn,
+    b: ConvBn,
+    down: Option<ConvBn>,
+}
+
+impl BasicBlock {
+    fn new(cin: usize, cout: usize, stride: usize, device: &Device) -> BasicBlock {
+        BasicBlock {
+            a: ConvBn::new(cin, cout, 3, stride, device),
+            b: ConvBn::new(cout, cout, 3, 1, device),
+            down: (stride != 1 || cin != cout).then(|| ConvBn::new(cin, cout, 1, stride, device)),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let skip = match &self.down {
+            Some(d) => d.linear(x.clone()),
+            None => x.clone(),
+        };
+        relu(self.b.linear(self.a.forward(x)) + skip)
+    }
+}
+
+/// ResNet-18.
+#[derive(Module, Debug)]
+pub struct ResNet18 {
+    stem: ConvBn,
+    stem_pool: Option<MaxPool2d>,
+    blocks: Vec<BasicBlock>,
+}
+
+impl ResNet18 {
+    fn new(channels: usize, input: usize, device: &Device) -> ResNet18 {
+        let small = input <= 64;
+        let stem = if small { ConvBn::new(channels, 64, 3, 1, device) } else { ConvBn::new(channels, 64, 7, 2, device) };
+        let stem_pool = (!small).then(|| {
+            MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init()
+        });
+        let mut blocks = Vec::new();
+        let mut cin = 64;
+        for (i, w) in [64, 128, 256, 512].into_iter().enumerate() {
+            let stride = if i == 0 { 1 } else { 2 };
+            blocks.push(BasicBlock::new(cin, w, stride, device));
+            blocks.push(BasicBlock::new(w, w, 1, device));
+            cin = w;
+        }
+        ResNet18 { stem, stem_pool, blocks }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem.forward(x);
+        if let Some(p) = &self.stem_pool {
+            x = p.forward(x);
+        }
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3)
+    }
+}
+
+/// A backbone: exactly one of the two fields is set.
+#[derive(Module, Debug)]
+pub struct Backbone {
+    small: Option<SmallCnn>,
+    resnet: Option<ResNet18>,
+}
+
+impl Backbone {
+    /// Builds `kind` for `channels`-channel inputs of `input` pixels.
+    pub fn new(kind: BackboneKind, channels: usize, input: usize, device: &Device) -> Backbone {
+        match kind {
+            BackboneKind::SmallCnn => Backbone { small: Some(SmallCnn::new(channels, device)), resnet: None },
+            BackboneKind::Resnet18 => Backbone { small: None, resnet: Some(ResNet18::new(channels, input, device)) },
+        }
+    }
+
+    /// Features `[n, d]` of images `[n, c, h, w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        match (&self.small, &self.resnet) {
+            (Some(s), _) => s.forward(x),
+            (None, Some(r)) => r.forward(x),
+            (None, None) => unreachable!("a Backbone is built with one network"),
+        }
+    }
+}
+
+/// Backbone plus a linear classifier.
+#[derive(Module, Debug)]
+pub struct Net {
+    /// Feature extractor.
+    pub backbone: Backbone,
+    /// Linear classifier on the features.
+    pub fc: Linear,
+}
+
+impl Net {
+    /// A freshly initialised network.
+    pub fn new(kind: BackboneKind, channels: usize, input: usize, classes: usize, device: &Device) -> Net {
+        Net { backbone: Backbone::new(kind, channels, input, device), fc: LinearConfig::new(kind.features(), classes).init(device) }
+    }
+
+    /// Logits `[n, classes]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.fc.forward(self.backbone.forward(x))
+    }
+}
+
+/// The H2E noise identifier head: `z = W f + b`, trained on
+/// `z - tau * log(pi)` with `tau` a learnable per-class vector.
+#[derive(Module, Debug)]
+pub struct Head {
+    /// `W`, `b`.
+    pub linear: Linear,
+    /// Per-class `tau` (initialised to 1).
+    pub tau: Param<Tensor<1>>,
+}
+
+impl Head {
+    /// A fresh head for `features`-dimensional inputs.
+    pub fn new(features: usize, classes: usize, device: &Device) -> Head {
+        let tau = Tensor::<1>::from_data(TensorData::new(vec![1f32; classes], [classes]), device);
+        Head { linear: LinearConfig::new(features, classes).init(device), tau: Param::from_tensor(tau) }
+    }
+
+    /// Raw logits `W f + b`.
+    pub fn raw(&self, f: Tensor<2>) -> Tensor<2> {
+        self.linear.forward(f)
+    }
+
+    /// Adjusted logits `W f + b - tau * log_prior` (`log_prior`: `[classes]`).
+    pub fn adjusted(&self, f: Tensor<2>, log_prior: Tensor<1>) -> Tensor<2> {
+        let shift = (self.tau.val() * log_prior).unsqueeze_dim::<2>(0);
+        self.raw(f) - shift
+    }
+}

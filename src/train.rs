@@ -1,0 +1,733 @@
+//! The H2E training engine: backbone (stage A), invariant noise identifier
+//! (stage B), scoring, hard-to-easy rounds, the robust classifier (stage
+//! 2), and the baselines on the same backbone and schedule.
+//!
+//! Every function takes the (non-autodiff) [`Device`] to run on; training
+//! uses `device.clone().autodiff()`. Progress goes to a
+//! [`Progress`](crate::progress::Progress); nothing is printed.
+
+use std::time::Instant;
+
+use burn::module::{Module, Param};
+use burn::optim::momentum::MomentumConfig;
+use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::{decay::WeightDecayConfig, GradientsParams, SgdConfig};
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::baselines;
+use crate::data::TensorSet;
+use crate::error::{Error, Result};
+use crate::kernels::{self, PackedBatch, PreprocessParams};
+use crate::metrics::{self, AccuracyMetrics, DetectionMetrics};
+use crate::model::{BackboneKind, Head, Net};
+use crate::progress::{Event, Progress};
+use crate::rng::Rng;
+use crate::score::{self, OperatingPoint, SampleScore, Scores};
+
+/// Which detector to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// H2E: invariant noise identifier, hard-to-easy rounds.
+    #[default]
+    H2e,
+    /// Flag when the in-sample prediction differs from the label.
+    Ce,
+    /// Two-component GMM on per-sample losses (DivideMix's selection).
+    SmallLoss,
+    /// Confident learning on k-fold out-of-sample probabilities.
+    ConfidentLearning,
+}
+
+impl Method {
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::H2e => "h2e",
+            Method::Ce => "ce",
+            Method::SmallLoss => "small-loss",
+            Method::ConfidentLearning => "confident-learning",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "h2e" => Method::H2e,
+            "ce" => Method::Ce,
+            "small-loss" => Method::SmallLoss,
+            "confident-learning" => Method::ConfidentLearning,
+            o => {
+                return Err(Error::Argument(format!(
+                    "unknown method {o:?}; expected h2e, ce, small-loss or confident-learning"
+                )))
+            }
+        })
+    }
+}
+
+/// Augmentation of one stage-B environment (context change).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EnvAug {
+    /// Extra crop padding on top of [`TrainConfig::pad`].
+    pub extra_pad: u32,
+    /// Brightness jitter range.
+    pub brightness: f32,
+    /// Contrast jitter range.
+    pub contrast: f32,
+}
+
+/// Everything that decides a training run; saved in every identifier
+/// bundle so the bundle alone says how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Detector.
+    pub method: Method,
+    /// Backbone; `None` picks from the input size.
+    pub backbone: Option<BackboneKind>,
+    /// Square input size; `None` takes the first training image's larger side.
+    pub input_size: Option<usize>,
+    /// Backbone (stage A) epochs.
+    pub epochs: usize,
+    /// Batch size of every stage.
+    pub batch_size: usize,
+    /// Peak learning rate of stage A (cosine schedule).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay (L2).
+    pub weight_decay: f64,
+    /// Mixup Beta(alpha, alpha); 0 disables mixup.
+    pub mixup_alpha: f64,
+    /// Random-crop padding in pixels.
+    pub pad: u32,
+    /// Random horizontal flips.
+    pub flip: bool,
+    /// Normalisation mean of `x / 255` per channel.
+    pub mean: [f32; 3],
+    /// Normalisation standard deviation per channel.
+    pub std: [f32; 3],
+    /// Stage-B epochs (one epoch = `n / batch` steps, each drawing three environments).
+    pub identifier_epochs: usize,
+    /// Stage-B learning rate.
+    pub identifier_lr: f64,
+    /// Weight of the IRMv1 penalty.
+    pub irm_lambda: f64,
+    /// Augmentation of the long-tailed, balanced and reversed environments.
+    pub env_aug: [EnvAug; 3],
+    /// Hard-to-easy rounds (h2e).
+    pub rounds: usize,
+    /// Folds for confident learning's out-of-sample probabilities.
+    pub folds: usize,
+    /// Train the robust stage-2 classifier.
+    pub classifier: bool,
+    /// Stage-2 epochs.
+    pub classifier_epochs: usize,
+    /// Stage-2 peak learning rate.
+    pub classifier_lr: f64,
+    /// How flags are decided.
+    pub operating_point: OperatingPoint,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            method: Method::H2e,
+            backbone: None,
+            input_size: None,
+            epochs: 10,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            mixup_alpha: 1.0,
+            pad: 2,
+            flip: true,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            identifier_epochs: 3,
+            identifier_lr: 0.01,
+            irm_lambda: 1.0,
+            env_aug: [
+                EnvAug { extra_pad: 0, brightness: 0.0, contrast: 0.0 },
+                EnvAug { extra_pad: 1, brightness: 0.2, contrast: 0.2 },
+                EnvAug { extra_pad: 2, brightness: 0.4, contrast: 0.4 },
+            ],
+            rounds: 2,
+            folds: 4,
+            classifier: false,
+            classifier_epochs: 5,
+            classifier_lr: 0.01,
+            operating_point: OperatingPoint::default(),
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks ranges; the error says which setting is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Argument(m));
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("epochs and batch size must be positive".into());
+        }
+        if self.method == Method::H2e && (self.rounds == 0 || self.identifier_epochs == 0) {
+            return bad("h2e needs at least one round and one identifier epoch".into());
+        }
+        if self.method == Method::ConfidentLearning && self.folds < 2 {
+            return bad(format!("confident learning needs at least 2 folds, got {}", self.folds));
+        }
+        for (name, v) in [("lr", self.lr), ("identifier-lr", self.identifier_lr), ("classifier-lr", self.classifier_lr)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} must be a positive number, got {v}"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.momentum) || self.weight_decay < 0.0 || self.mixup_alpha < 0.0 || self.irm_lambda < 0.0 {
+            return bad("momentum must be in [0, 1); weight decay, mixup alpha and IRM lambda must be >= 0".into());
+        }
+        if let Some(s) = self.input_size {
+            if !(8..=1024).contains(&s) {
+                return bad(format!("input size {s} must be within 8..=1024"));
+            }
+        }
+        Ok(())
+    }
+
+    fn params(&self, size: usize) -> PreprocessParams {
+        PreprocessParams { mean: self.mean, std: self.std, ..PreprocessParams::eval(size as u32, size as u32) }
+    }
+}
+
+/// One round of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundReport {
+    /// 1-based round number.
+    pub round: usize,
+    /// Samples trained on in this round.
+    pub train_samples: usize,
+    /// Samples flagged (of all training samples).
+    pub flagged: usize,
+    /// Flagged samples per given label.
+    pub flagged_per_class: Vec<usize>,
+    /// Learned tau (h2e) after this round.
+    pub tau: Vec<f32>,
+    /// Wall time of the round in seconds.
+    pub seconds: f64,
+    /// Detection quality when ground truth exists.
+    pub metrics: Option<DetectionMetrics>,
+}
+
+/// What a run did and measured; saved as `report.json` in the bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Detector.
+    pub method: Method,
+    /// Backend the run used ("cpu", "wgpu", "cuda").
+    pub backend: String,
+    /// Training samples.
+    pub samples: usize,
+    /// Per-class counts of the given labels.
+    pub class_counts: Vec<usize>,
+    /// One entry per round (one for the baselines).
+    pub rounds: Vec<RoundReport>,
+    /// Stage-2 classifier accuracy on the test split.
+    pub classifier: Option<AccuracyMetrics>,
+    /// Total wall time in seconds.
+    pub seconds: f64,
+    /// Indices (into the training split) flagged by the final round.
+    pub flagged: Vec<usize>,
+}
+
+/// A trained detector ready to be saved or used.
+#[derive(Debug)]
+pub struct Trained {
+    /// The configuration used, with `backbone` and `input_size` resolved.
+    pub config: TrainConfig,
+    /// Image channels.
+    pub channels: usize,
+    /// Backbone and classifier of the final round (validation mode).
+    pub net: Net,
+    /// The identifier head (validation mode). For baselines, the network's
+    /// own classifier with `tau = 0`.
+    pub head: Head,
+    /// `log pi` used for the adjustment.
+    pub log_prior: Vec<f32>,
+    /// Stage-2 classifier (validation mode), when asked for.
+    pub classifier: Option<Net>,
+    /// Final scores of every training sample.
+    pub scores: Scores,
+    /// The run's report.
+    pub report: TrainReport,
+}
+
+impl Trained {
+    /// The learned tau.
+    pub fn tau(&self) -> Result<Vec<f32>> {
+        read_f32(self.head.tau.val(), "tau")
+    }
+}
+
+pub(crate) fn read_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Train(format!("reading {what}: {e:?}")))
+}
+
+fn int_tensor(values: &[usize], device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = values.iter().map(|&x| x as i64).collect();
+    Tensor::<1, Int>::from_data(TensorData::new(v, [values.len()]), device)
+}
+
+/// `log pi` from class counts (a class with no samples counts as one, so
+/// the log stays finite).
+pub fn log_prior(counts: &[usize]) -> Vec<f32> {
+    let n: usize = counts.iter().map(|&c| c.max(1)).sum();
+    counts.iter().map(|&c| ((c.max(1) as f64) / n as f64).ln() as f32).collect()
+}
+
+/// Mean cross-entropy of logits `z` `[n, c]` against labels `y` `[n]`.
+pub fn cross_entropy(z: Tensor<2>, y: Tensor<1, Int>) -> Tensor<1> {
+    log_softmax(z, 1).gather(1, y.unsqueeze_dim::<2>(1)).mean().neg()
+}
+
+/// The IRMv1 penalty with a per-class dummy scale `s`, in closed form (Burn
+/// has first-order autodiff only): `d CE(s * z) / d s_k` at `s = 1` is
+/// `g_k = mean_i (softmax(z_i)_k - onehot(y_i)_k) * z_ik`; the penalty is
+/// `sum_k g_k^2`. Differentiable in `z`.
+pub fn irm_penalty(z: Tensor<2>, y: Tensor<1, Int>) -> Tensor<1> {
+    let classes = z.dims()[1];
+    let onehot = y.one_hot::<2>(classes).float();
+    let grad_s = ((softmax(z.clone(), 1) - onehot) * z).mean_dim(0);
+    grad_s.powi_scalar(2).sum()
+}
+
+/// Cosine learning rate at step `t` of `total`.
+fn cosine(peak: f64, t: usize, total: usize) -> f64 {
+    0.5 * peak * (1.0 + (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos())
+}
+
+fn sgd(momentum: f64, weight_decay: f64, clip_norm: Option<f32>) -> burn::optim::ModuleOptimizer {
+    SgdConfig::new()
+        .with_momentum(Some(MomentumConfig::new().with_momentum(momentum).with_dampening(0.0)))
+        .with_weight_decay((weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)))
+        .with_gradient_clipping(clip_norm.map(GradientClippingConfig::Norm))
+        .init()
+}
+
+/// The engine: one device, one configuration, one progress sink.
+pub struct Engine<'a> {
+    device: Device,
+    config: TrainConfig,
+    channels: usize,
+    size: usize,
+    classes: usize,
+    progress: &'a dyn Progress,
+}
+
+/// Stage name, steps, and a closure body: reports start / finish.
+fn stage<T>(progress: &dyn Progress, name: &str, total: u64, body: impl FnOnce() -> Result<(T, String)>) -> Result<T> {
+    progress.event(Event::Start { stage: name, total });
+    let (out, summary) = body()?;
+    progress.event(Event::Finish { summary: &summary });
+    Ok(out)
+}
+
+impl<'a> Engine<'a> {
+    /// An engine for `train` (which fixes channels and classes) on `device`.
+    pub fn new(device: Device, config: TrainConfig, train: &TensorSet, progress: &'a dyn Progress) -> Result<Engine<'a>> {
+        config.validate()?;
+        if train.is_empty() {
+            return Err(Error::Argument("no training samples".into()));
+        }
+        let size = train.height.max(train.width);
+        let mut config = config;
+        config.input_size = Some(size);
+        config.backbone = Some(config.backbone.unwrap_or(BackboneKind::for_input(size)));
+        Ok(Engine { device: device.without_autodiff(), config, channels: train.channels, size, classes: train.classes.len(), progress })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    fn kind(&self) -> BackboneKind {
+        self.config.backbone.unwrap_or(BackboneKind::SmallCnn)
+    }
+
+    /// Preprocessed batch of `indices` (our WGSL kernel on wgpu).
+    fn batch(&self, set: &TensorSet, indices: &[usize], params: &PreprocessParams, device: &Device) -> Result<Tensor<4>> {
+        let packed = PackedBatch::from_set(set, indices)?;
+        kernels::preprocess(device, &packed, params)
+    }
+
+    /// Stage A: trains a fresh network on `indices` of `set` with mixup,
+    /// SGD momentum, cosine learning rate, crop and flip. With `weights`,
+    /// the loss is weighted per sample and logit-adjusted by `adjust`
+    /// (stage 2: no mixup). Returns the autodiff network.
+    fn train_net(
+        &self,
+        set: &TensorSet,
+        indices: &[usize],
+        name: &str,
+        seed: u64,
+        start: Option<Net>,
+        stage2: Option<(&[f32], &[f32])>,
+    ) -> Result<Net> {
+        let cfg = &self.config;
+        let ad = self.device.clone().autodiff();
+        let (epochs, peak) = if stage2.is_some() { (cfg.classifier_epochs, cfg.classifier_lr) } else { (cfg.epochs, cfg.lr) };
+        let mut model = match start {
+            Some(net) => net,
+            None => {
+                ad.seed(seed);
+                Net::new(self.kind(), self.channels, self.size, self.classes, &ad)
+            }
+        };
+        let mut optim = sgd(cfg.momentum, cfg.weight_decay, None);
+        let mut rng = Rng::derive(seed, 0xA11CE);
+        let bs = cfg.batch_size.min(indices.len()).max(1);
+        let steps_per_epoch = indices.len().div_ceil(bs);
+        let total = epochs * steps_per_epoch;
+        let adjust = stage2.map(|(_, adj)| Tensor::<1>::from_data(TensorData::new(adj.to_vec(), [adj.len()]), &ad));
+        let mut order = indices.to_vec();
+        let mut step = 0;
+        let mut last_loss = f32::NAN;
+        for epoch in 0..epochs {
+            rng.shuffle(&mut order);
+            let started = Instant::now();
+            let stage_name = format!("{name} epoch {}/{epochs}", epoch + 1);
+            self.progress.event(Event::Start { stage: &stage_name, total: steps_per_epoch as u64 });
+            for (b, chunk) in order.chunks(bs).enumerate() {
+                let params = PreprocessParams { pad: cfg.pad, flip: cfg.flip, seed: rng.next_u64(), ..cfg.params(self.size) };
+                let x = self.batch(set, chunk, &params, &ad)?;
+                let labels: Vec<usize> = chunk.iter().map(|&i| set.labels[i]).collect();
+                let y = int_tensor(&labels, &ad).unsqueeze_dim::<2>(1);
+                let loss = match (stage2, &adjust) {
+                    (Some((weights, _)), Some(adj)) => {
+                        let w: Vec<f32> = chunk.iter().map(|&i| weights[i]).collect();
+                        let wsum: f32 = w.iter().sum::<f32>().max(1e-6);
+                        let w = Tensor::<1>::from_data(TensorData::new(w, [chunk.len()]), &ad);
+                        let logits = model.forward(x) + adj.clone().unsqueeze_dim::<2>(0);
+                        let nll = log_softmax(logits, 1).gather(1, y).squeeze_dim::<1>(1).neg();
+                        (nll * w).sum() / wsum
+                    }
+                    _ if cfg.mixup_alpha > 0.0 && chunk.len() > 1 => {
+                        let lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha) as f32;
+                        let mut perm: Vec<usize> = (0..chunk.len()).collect();
+                        rng.shuffle(&mut perm);
+                        let perm_t = int_tensor(&perm, &ad);
+                        let x2 = x.clone().select(0, perm_t.clone());
+                        let y2 = y.clone().select(0, perm_t);
+                        let logp = log_softmax(model.forward(x * lam + x2 * (1.0 - lam)), 1);
+                        let nll = logp.clone().gather(1, y) * lam + logp.gather(1, y2) * (1.0 - lam);
+                        nll.mean().neg()
+                    }
+                    _ => log_softmax(model.forward(x), 1).gather(1, y).mean().neg(),
+                };
+                let report = b + 1 == steps_per_epoch || b % 10 == 0;
+                if report {
+                    last_loss = loss.clone().into_scalar::<f32>();
+                    if !last_loss.is_finite() {
+                        return Err(Error::Train(format!(
+                            "{stage_name}: the loss diverged ({last_loss}); lower the learning rate (--lr)"
+                        )));
+                    }
+                }
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(cosine(peak, step, total), model, grads);
+                step += 1;
+                if report {
+                    let rate = ((b + 1) * bs) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    let msg = format!("loss {last_loss:.4}, {rate:.0} img/s");
+                    self.progress.event(Event::Advance { done: (b + 1) as u64, message: &msg });
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let summary =
+                format!("loss {last_loss:.4}, {:.1} s, {:.0} img/s", secs, indices.len() as f64 / secs.max(1e-9));
+            self.progress.event(Event::Finish { summary: &summary });
+        }
+        Ok(model)
+    }
+
+    /// Features of `indices` (un-augmented) through a validation-mode network.
+    fn features(&self, net: &Net, set: &TensorSet, indices: &[usize], name: &str) -> Result<Tensor<2>> {
+        let params = self.config.params(self.size);
+        let chunks: Vec<&[usize]> = indices.chunks(512).collect();
+        stage(self.progress, name, chunks.len() as u64, || {
+            let mut out = Vec::with_capacity(chunks.len());
+            for (i, chunk) in chunks.iter().enumerate() {
+                out.push(net.backbone.forward(self.batch(set, chunk, &params, &self.device)?));
+                self.progress.event(Event::Advance { done: (i + 1) as u64, message: "" });
+            }
+            Ok((Tensor::cat(out, 0), format!("{} samples", indices.len())))
+        })
+    }
+
+    /// Softmax probabilities `[n * classes]` of a validation-mode network.
+    fn probabilities(&self, net: &Net, set: &TensorSet, indices: &[usize], name: &str) -> Result<Vec<f32>> {
+        let f = self.features(net, set, indices, name)?;
+        read_f32(softmax(net.fc.forward(f), 1), "probabilities")
+    }
+
+    /// Stage B: the invariant noise identifier on a frozen backbone.
+    fn train_head(&self, net_ad: &Net, set: &TensorSet, indices: &[usize], log_prior: &[f32], seed: u64, name: &str) -> Result<Head> {
+        let cfg = &self.config;
+        let ad = self.device.clone().autodiff();
+        let backbone = net_ad.backbone.valid();
+        let mut head = Head {
+            linear: net_ad.fc.clone(),
+            tau: Param::from_tensor(Tensor::<1>::from_data(TensorData::new(vec![1f32; self.classes], [self.classes]), &ad)),
+        };
+        let lp = Tensor::<1>::from_data(TensorData::new(log_prior.to_vec(), [self.classes]), &ad);
+        let mut optim = sgd(cfg.momentum, 0.0, Some(1.0));
+        let mut rng = Rng::derive(seed, 0xB0B);
+        // Per-class members and the three samplers' class weights.
+        let mut members = vec![Vec::new(); self.classes];
+        for &i in indices {
+            members[set.labels[i]].push(i);
+        }
+        let present: Vec<usize> = (0..self.classes).filter(|&c| !members[c].is_empty()).collect();
+        let n_max = present.iter().map(|&c| members[c].len()).max().unwrap_or(1) as f64;
+        let weights: [Vec<f64>; 3] = [
+            present.iter().map(|&c| members[c].len() as f64).collect(),
+            present.iter().map(|_| 1.0).collect(),
+            present.iter().map(|&c| n_max / members[c].len() as f64).collect(),
+        ];
+        let bs = cfg.batch_size.min(indices.len()).max(1);
+        let steps = cfg.identifier_epochs * indices.len().div_ceil(bs);
+        let started = Instant::now();
+        let mut last = (f32::NAN, f32::NAN);
+        stage(self.progress, name, steps as u64, || {
+            for step in 0..steps {
+                // The penalty ramps up over the first half (IRM's usual anneal):
+                // early on the head first fits, then is made invariant.
+                let lambda = (cfg.irm_lambda * (2.0 * step as f64 / steps.max(1) as f64).min(1.0)) as f32;
+                let mut total: Option<Tensor<1>> = None;
+                let mut ce_sum: Option<Tensor<1>> = None;
+                let mut pen_sum: Option<Tensor<1>> = None;
+                for (e, w) in weights.iter().enumerate() {
+                    let draw: Vec<usize> = (0..bs)
+                        .map(|_| {
+                            let c = present[rng.weighted(w)];
+                            members[c][rng.below(members[c].len())]
+                        })
+                        .collect();
+                    let aug = cfg.env_aug[e];
+                    let params = PreprocessParams {
+                        pad: cfg.pad + aug.extra_pad,
+                        flip: cfg.flip,
+                        brightness: aug.brightness,
+                        contrast: aug.contrast,
+                        seed: rng.next_u64(),
+                        ..cfg.params(self.size)
+                    };
+                    let f = backbone.forward(self.batch(set, &draw, &params, &self.device)?).autodiff();
+                    let labels: Vec<usize> = draw.iter().map(|&i| set.labels[i]).collect();
+                    let y = int_tensor(&labels, &ad);
+                    let z = head.adjusted(f, lp.clone());
+                    let ce = cross_entropy(z.clone(), y.clone());
+                    let pen = irm_penalty(z, y);
+                    let loss = ce.clone() + pen.clone() * lambda;
+                    total = Some(match total {
+                        Some(t) => t + loss,
+                        None => loss,
+                    });
+                    ce_sum = Some(match ce_sum {
+                        Some(t) => t + ce.detach(),
+                        None => ce.detach(),
+                    });
+                    pen_sum = Some(match pen_sum {
+                        Some(t) => t + pen.detach(),
+                        None => pen.detach(),
+                    });
+                }
+                let loss = total.expect("three environments") / 3.0;
+                let report = step + 1 == steps || step % 10 == 0;
+                if report {
+                    last = (
+                        ce_sum.expect("three environments").into_scalar::<f32>() / 3.0,
+                        pen_sum.expect("three environments").into_scalar::<f32>() / 3.0,
+                    );
+                    if !(last.0.is_finite() && last.1.is_finite()) {
+                        return Err(Error::Train(format!(
+                            "{name}: the identifier loss diverged; lower --identifier-lr or --irm-lambda"
+                        )));
+                    }
+                }
+                let grads = GradientsParams::from_grads(loss.backward(), &head);
+                head = optim.step(cosine(cfg.identifier_lr, step, steps), head, grads);
+                if report {
+                    let msg = format!("ce {:.4}, irm {:.5}", last.0, last.1);
+                    self.progress.event(Event::Advance { done: (step + 1) as u64, message: &msg });
+                }
+            }
+            let summary =
+                format!("ce {:.4}, irm penalty {:.5}, {:.1} s", last.0, last.1, started.elapsed().as_secs_f64());
+            Ok((head.valid(), summary))
+        })
+    }
+
+    /// Scores every sample of `set` with a head: adjusted logits, softmax,
+    /// argmax and noise score (our fused WGSL kernel on wgpu).
+    pub fn score_all(&self, net: &Net, head: &Head, set: &TensorSet, log_prior: &[f32], name: &str) -> Result<Vec<SampleScore>> {
+        let all: Vec<usize> = (0..set.len()).collect();
+        let f = self.features(net, set, &all, name)?;
+        let tau = read_f32(head.tau.val(), "tau")?;
+        let out = kernels::score(head.raw(f), int_tensor(&set.labels, &self.device), &tau, log_prior)?;
+        let per = out.to_samples()?;
+        if per.iter().any(|s| !s.noise_score.is_finite()) {
+            return Err(Error::Train(format!(
+                "{name}: the identifier produced non-finite scores; lower --identifier-lr or --irm-lambda"
+            )));
+        }
+        Ok(per)
+    }
+
+    fn round_report(&self, set: &TensorSet, round: usize, train: usize, scores: &Scores, tau: Vec<f32>, t: Instant) -> Result<RoundReport> {
+        let mut per_class = vec![0; self.classes];
+        for (i, &f) in scores.flagged.iter().enumerate() {
+            if f {
+                per_class[set.labels[i]] += 1;
+            }
+        }
+        let metrics = match set.noise_mask() {
+            Some(truth) => Some(metrics::detection_metrics(&scores.flagged, &scores.noise_score, &truth, &set.labels, self.classes)?),
+            None => None,
+        };
+        Ok(RoundReport {
+            round,
+            train_samples: train,
+            flagged: scores.flagged.iter().filter(|&&f| f).count(),
+            flagged_per_class: per_class,
+            tau,
+            seconds: t.elapsed().as_secs_f64(),
+            metrics,
+        })
+    }
+
+    /// Runs the configured method on `train`; with `test` and
+    /// `config.classifier`, also trains and evaluates the stage-2
+    /// classifier.
+    pub fn run(&self, train: &TensorSet, test: Option<&TensorSet>, backend: &str) -> Result<Trained> {
+        let t0 = Instant::now();
+        let cfg = &self.config;
+        let counts = train.class_counts();
+        let all: Vec<usize> = (0..train.len()).collect();
+        let mut rounds = Vec::new();
+        let (net_ad, head, prior, scores) = match cfg.method {
+            Method::H2e => {
+                let mut keep = all.clone();
+                let mut last = None;
+                for r in 1..=cfg.rounds {
+                    let t = Instant::now();
+                    let seed = cfg.seed.wrapping_add(1000 * r as u64);
+                    let net = self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None, None)?;
+                    let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
+                    let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
+                    let head = self.train_head(&net, train, &keep, &lp, seed, &format!("round {r}/{} identifier", cfg.rounds))?;
+                    let per = self.score_all(&net.valid(), &head, train, &lp, &format!("round {r}/{} scoring", cfg.rounds))?;
+                    let scores = score::apply(&per, &train.labels, self.classes, &cfg.operating_point);
+                    rounds.push(self.round_report(train, r, keep.len(), &scores, read_f32(head.tau.val(), "tau")?, t)?);
+                    keep = (0..train.len()).filter(|&i| !scores.flagged[i]).collect();
+                    last = Some((net, head, lp, scores));
+                }
+                last.expect("at least one round")
+            }
+            method => {
+                let t = Instant::now();
+                let net = self.train_net(train, &all, "backbone", cfg.seed, None, None)?;
+                let valid = net.valid();
+                let in_sample = self.probabilities(&valid, train, &all, "predicting")?;
+                let detection = match method {
+                    Method::Ce => baselines::ce(&in_sample, &train.labels, self.classes)?,
+                    Method::SmallLoss => {
+                        let losses = baselines::cross_entropy_losses(&in_sample, &train.labels, self.classes)?;
+                        baselines::small_loss(&losses, &Default::default())?
+                    }
+                    _ => {
+                        let folds = baselines::kfold_indices(&train.labels, cfg.folds, cfg.seed)?;
+                        let mut oos = vec![0f32; train.len() * self.classes];
+                        for (k, (fit, held)) in folds.iter().enumerate() {
+                            let name = format!("fold {}/{}", k + 1, folds.len());
+                            let fold_net = self.train_net(train, fit, &name, cfg.seed.wrapping_add(k as u64 + 1), None, None)?;
+                            let p = self.probabilities(&fold_net.valid(), train, held, &format!("{name} predicting"))?;
+                            for (j, &i) in held.iter().enumerate() {
+                                oos[i * self.classes..(i + 1) * self.classes]
+                                    .copy_from_slice(&p[j * self.classes..(j + 1) * self.classes]);
+                            }
+                        }
+                        baselines::confident_learning(&oos, &train.labels, self.classes)?.detection
+                    }
+                };
+                let maxp: Vec<f32> =
+                    in_sample.chunks(self.classes).map(|r| r.iter().copied().fold(0f32, f32::max)).collect();
+                let per: Vec<SampleScore> = (0..train.len())
+                    .map(|i| {
+                        let row = &in_sample[i * self.classes..(i + 1) * self.classes];
+                        let pred = (0..self.classes).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+                        SampleScore { pred, noise_score: detection.score[i], max_prob: maxp[i], prob_label: row[train.labels[i]] }
+                    })
+                    .collect();
+                // The detector's own flags, then the operating point's caps.
+                let scores = score::apply_caps(&per, detection.flagged, &train.labels, self.classes, &cfg.operating_point);
+                rounds.push(self.round_report(train, 1, train.len(), &scores, vec![0.0; self.classes], t)?);
+                let ad = self.device.clone().autodiff();
+                let head = Head {
+                    linear: net.fc.clone(),
+                    tau: Param::from_tensor(Tensor::<1>::from_data(TensorData::new(vec![0f32; self.classes], [self.classes]), &ad)),
+                }
+                .valid();
+                (net, head, log_prior(&counts), scores)
+            }
+        };
+        let (classifier, accuracy) = match (cfg.classifier, test) {
+            (true, Some(test)) => {
+                let keep: Vec<usize> = (0..train.len()).filter(|&i| !scores.flagged[i]).collect();
+                let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
+                let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
+                let start = net_ad.clone();
+                let clf = self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), Some(start), Some((&scores.weight, &lp)))?;
+                let clf = clf.valid();
+                let test_idx: Vec<usize> = (0..test.len()).collect();
+                let p = self.probabilities(&clf, test, &test_idx, "classifier test")?;
+                let pred: Vec<usize> =
+                    p.chunks(self.classes).map(|r| (0..self.classes).fold(0, |b, k| if r[k] > r[b] { k } else { b })).collect();
+                let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
+                let acc = metrics::accuracy_metrics(&pred, &truth, &counts)?;
+                (Some(clf), Some(acc))
+            }
+            (true, None) => {
+                return Err(Error::Argument("--classifier needs a test split in the data to report its accuracy".into()))
+            }
+            _ => (None, None),
+        };
+        let flagged = (0..train.len()).filter(|&i| scores.flagged[i]).collect();
+        let report = TrainReport {
+            method: cfg.method,
+            backend: backend.to_string(),
+            samples: train.len(),
+            class_counts: counts,
+            rounds,
+            classifier: accuracy,
+            seconds: t0.elapsed().as_secs_f64(),
+            flagged,
+        };
+        Ok(Trained {
+            config: cfg.clone(),
+            channels: self.channels,
+            net: net_ad.valid(),
+            head,
+            log_prior: prior,
+            classifier,
+            scores,
+            report,
+        })
+    }
+}

@@ -1,0 +1,288 @@
+//! The training engine end to end on tiny synthetic data: H2E rounds and
+//! the baselines on the CPU (`flex`), the same pipeline on wgpu (software
+//! Vulkan in CI) running our WGSL kernels, identifier bundles round-tripping,
+//! the closed-form IRM penalty against a numerical derivative, and bad
+//! identifier bundles.
+
+mod common;
+
+use burn::tensor::{Device, DeviceType, Int, Tensor, TensorData};
+use h2e::data::TensorSet;
+use h2e::identifier::Identifier;
+use h2e::progress::Silent;
+use h2e::rng::Rng;
+use h2e::train::{cross_entropy, irm_penalty, Engine, Method, TrainConfig, Trained};
+
+/// Three classes of 8x8 grayscale images (a bright band at the top, middle
+/// or bottom, plus pixel noise), long-tailed 48 / 24 / 12, with 1 in 6
+/// labels of every class replaced by an image of another class.
+fn synthetic(seed: u64) -> TensorSet {
+    let mut rng = Rng::new(seed);
+    let classes: Vec<String> = ["top", "middle", "bottom"].iter().map(|s| s.to_string()).collect();
+    let mut set = TensorSet::empty(classes, 1, 8, 8);
+    for (label, &n) in [48usize, 24, 12].iter().enumerate() {
+        for i in 0..n {
+            let truth = if i % 6 == 5 { (label + 1 + rng.below(2)) % 3 } else { label };
+            let band = [0..3, 3..5, 5..8][truth].clone();
+            let pixels: Vec<u8> = (0..64)
+                .map(|p| {
+                    let base = if band.contains(&(p / 8)) { 200 } else { 30 };
+                    (base + rng.below(40)) as u8
+                })
+                .collect();
+            let img = h2e::data::Image { width: 8, height: 8, channels: 1, pixels };
+            set.push(&img, label, Some(truth), format!("{label}/{i}.png"));
+        }
+    }
+    set
+}
+
+fn tiny(method: Method) -> TrainConfig {
+    TrainConfig {
+        method,
+        epochs: 6,
+        batch_size: 16,
+        lr: 0.05,
+        pad: 1,
+        identifier_epochs: 2,
+        rounds: 2,
+        folds: 2,
+        seed: 7,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(device: &Device, cfg: TrainConfig, set: &TensorSet) -> Trained {
+    let engine = Engine::new(device.clone(), cfg, set, &Silent).unwrap();
+    engine.run(set, None, "test").unwrap()
+}
+
+#[test]
+fn h2e_rounds_on_the_cpu_find_noise_and_round_trip_through_a_bundle() {
+    let set = synthetic(1);
+    let device = Device::flex();
+    let trained = run(&device, tiny(Method::H2e), &set);
+    let report = &trained.report;
+    assert_eq!(report.rounds.len(), 2);
+    assert_eq!(trained.scores.flagged.len(), set.len());
+    let tau = trained.tau().unwrap();
+    assert_eq!(tau.len(), 3);
+    assert!(tau.iter().all(|t| t.is_finite()));
+    // Round 2 trains on the samples round 1 kept.
+    assert_eq!(report.rounds[1].train_samples, set.len() - report.rounds[0].flagged);
+    // No class is emptied (min_per_class = 1).
+    for (c, &n) in set.class_counts().iter().enumerate() {
+        assert!(report.rounds[1].flagged_per_class[c] < n);
+    }
+    let m = report.rounds.last().unwrap().metrics.as_ref().expect("ground truth is known");
+    assert!(m.auroc.unwrap() > 0.7, "the identifier should rank noise above clean samples: {m:?}");
+    // Weights: 0.01 for flags, [0.5, 1] otherwise.
+    for (f, w) in trained.scores.flagged.iter().zip(&trained.scores.weight) {
+        assert!(if *f { *w == 0.01 } else { (0.5..=1.0).contains(w) });
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("id.zip");
+    let flags = trained.scores.flagged.clone();
+    let noise = trained.scores.noise_score.clone();
+    let id = Identifier::from_trained(trained, &set, device.clone()).unwrap();
+    id.save(&path).unwrap();
+    let back = Identifier::open(&path, device).unwrap();
+    assert_eq!(back.config(), id.config());
+    let scores = back.score_set(&set, None).unwrap();
+    assert_eq!(scores.flagged, flags, "a loaded identifier reproduces the training-time flags");
+    for (a, b) in scores.noise_score.iter().zip(&noise) {
+        assert!((a - b).abs() < 1e-4);
+    }
+    let r = Identifier::read_report(&path).unwrap();
+    assert_eq!(r.flagged, (0..set.len()).filter(|&i| flags[i]).collect::<Vec<_>>());
+    // Nothing but the bundle was written.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn same_seed_same_flags_on_the_cpu() {
+    let set = synthetic(2);
+    let cfg = TrainConfig { rounds: 1, epochs: 2, ..tiny(Method::H2e) };
+    let a = run(&Device::flex(), cfg.clone(), &set);
+    let b = run(&Device::flex(), cfg, &set);
+    assert_eq!(a.scores.flagged, b.scores.flagged);
+    assert_eq!(a.scores.noise_score, b.scores.noise_score);
+}
+
+#[test]
+fn baselines_run_on_the_same_engine() {
+    let set = synthetic(3);
+    for method in [Method::Ce, Method::SmallLoss, Method::ConfidentLearning] {
+        let t = run(&Device::flex(), TrainConfig { epochs: 3, ..tiny(method) }, &set);
+        assert_eq!(t.report.method, method);
+        assert_eq!(t.report.rounds.len(), 1);
+        assert_eq!(t.scores.flagged.len(), set.len());
+        assert!(t.tau().unwrap().iter().all(|&x| x == 0.0), "{method:?} identifiers use the plain argmax");
+        assert!(t.report.rounds[0].metrics.is_some());
+    }
+}
+
+#[test]
+fn stage_two_classifier_reports_test_accuracy() {
+    let set = synthetic(4);
+    let test = synthetic(5);
+    let cfg = TrainConfig { rounds: 1, classifier: true, classifier_epochs: 2, ..tiny(Method::H2e) };
+    let engine = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap();
+    let t = engine.run(&set, Some(&test), "test").unwrap();
+    let acc = t.report.classifier.as_ref().expect("a classifier was trained");
+    assert_eq!(acc.samples, test.len());
+    assert!(acc.balanced_accuracy > 0.5, "{acc:?}");
+    assert!(t.classifier.is_some());
+}
+
+fn wgpu() -> Option<Device> {
+    match std::panic::catch_unwind(|| Device::enumerate(DeviceType::Wgpu).into_iter().next()) {
+        Ok(Some(d)) => Some(d),
+        _ => {
+            eprintln!("no wgpu adapter on this machine (install Mesa's lavapipe for software Vulkan); skipping");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_pipeline_runs_on_wgpu_through_our_kernels() {
+    let Some(device) = wgpu() else { return };
+    let set = synthetic(6);
+    let before = h2e::kernels::wgsl_launches();
+    let cfg = TrainConfig { rounds: 1, epochs: 1, identifier_epochs: 1, batch_size: 32, ..tiny(Method::H2e) };
+    let trained = run(&device, cfg, &set);
+    let launched = h2e::kernels::wgsl_launches() - before;
+    // Every training batch, every stage-B environment and the scoring pass ran our WGSL.
+    assert!(launched >= 10, "only {launched} WGSL launches");
+    assert_eq!(trained.scores.flagged.len(), set.len());
+    let flags = trained.scores.flagged.clone();
+    let id = Identifier::from_trained(trained, &set, device.clone()).unwrap();
+    let scores = id.score_set(&set, None).unwrap();
+    assert_eq!(scores.flagged, flags);
+}
+
+/// `CE(s * z)` in f64 for one per-class scale vector `s`.
+fn ce_scaled(z: &[f64], y: &[usize], c: usize, s: &[f64]) -> f64 {
+    let n = y.len();
+    let mut total = 0.0;
+    for i in 0..n {
+        let row: Vec<f64> = (0..c).map(|k| s[k] * z[i * c + k]).collect();
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        total += lse - row[y[i]];
+    }
+    total / n as f64
+}
+
+#[test]
+fn irm_penalty_matches_the_numerical_derivative_of_the_scaled_loss() {
+    let mut rng = Rng::new(11);
+    let device = Device::flex();
+    for (n, c) in [(1, 2), (7, 3), (33, 10)] {
+        let z: Vec<f32> = (0..n * c).map(|_| (rng.f32() - 0.5) * 6.0).collect();
+        let y: Vec<usize> = (0..n).map(|_| rng.below(c)).collect();
+        let zt = Tensor::<2>::from_data(TensorData::new(z.clone(), [n, c]), &device);
+        let yt = Tensor::<1, Int>::from_data(TensorData::new(y.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]), &device);
+        let got = irm_penalty(zt.clone(), yt.clone()).into_scalar::<f32>() as f64;
+        let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+        let h = 1e-5;
+        let mut want = 0.0;
+        for k in 0..c {
+            let mut up = vec![1.0; c];
+            let mut down = vec![1.0; c];
+            up[k] += h;
+            down[k] -= h;
+            let g = (ce_scaled(&z64, &y, c, &up) - ce_scaled(&z64, &y, c, &down)) / (2.0 * h);
+            want += g * g;
+        }
+        assert!((got - want).abs() < 1e-4 * (1.0 + want), "n={n} c={c}: {got} vs {want}");
+        let ce = cross_entropy(zt, yt).into_scalar::<f32>() as f64;
+        assert!((ce - ce_scaled(&z64, &y, c, &vec![1.0; c])).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn irm_penalty_is_differentiable_in_the_logits() {
+    let device = Device::flex().autodiff();
+    let z: Vec<f32> = vec![0.5, -1.0, 2.0, 1.5, 0.2, -0.3];
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 0], [2]), &device);
+    let zt = Tensor::<2>::from_data(TensorData::new(z.clone(), [2, 3]), &device).require_grad();
+    let grads = irm_penalty(zt.clone(), y.clone()).backward();
+    let g = zt.grad(&grads).unwrap().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    // Central difference on entry 1 of the penalty computed without autodiff.
+    let plain = Device::flex();
+    let yp = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 0], [2]), &plain);
+    let pen = |v: &[f32]| irm_penalty(Tensor::<2>::from_data(TensorData::new(v.to_vec(), [2, 3]), &plain), yp.clone()).into_scalar::<f32>();
+    let h = 1e-3;
+    let (mut up, mut down) = (z.clone(), z.clone());
+    up[1] += h;
+    down[1] -= h;
+    let num = (pen(&up) - pen(&down)) / (2.0 * h);
+    assert!((g[1] - num).abs() < 1e-2 * (1.0 + num.abs()), "{} vs {num}", g[1]);
+}
+
+#[test]
+fn bad_identifier_bundles_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::flex();
+    // Not a zip.
+    let junk = dir.path().join("junk.zip");
+    std::fs::write(&junk, b"not a zip at all").unwrap();
+    let e = Identifier::open(&junk, dev.clone()).unwrap_err().to_string();
+    assert!(e.contains("junk.zip"), "{e}");
+    // A dataset bundle is not an identifier.
+    let data = dir.path().join("data.zip");
+    std::fs::write(&data, h2e::embedded::DEFAULT_BUNDLE).unwrap();
+    let e = Identifier::open(&data, dev.clone()).unwrap_err().to_string();
+    assert!(e.contains("data.zip") && e.contains("config.json is missing"), "{e}");
+    // A newer format version.
+    let newer = br#"{"format": "h2e-identifier", "version": 99}"#;
+    let path = dir.path().join("newer.zip");
+    std::fs::write(&path, common::raw_zip(&[("config.json", newer)])).unwrap();
+    let e = Identifier::open(&path, dev.clone()).unwrap_err();
+    assert!(matches!(e, h2e::Error::NewerVersion { found: 99, .. }), "{e}");
+    assert!(e.to_string().contains("upgrade h2e"));
+    // A valid identifier with its weights truncated.
+    let set = synthetic(9);
+    let t = run(&dev, TrainConfig { method: Method::Ce, epochs: 1, ..tiny(Method::Ce) }, &set);
+    let id = Identifier::from_trained(t, &set, dev.clone()).unwrap();
+    let good = dir.path().join("good.zip");
+    id.save(&good).unwrap();
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&good).unwrap()).unwrap();
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).unwrap();
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut v).unwrap();
+        if f.name() == "model.safetensors" {
+            v.truncate(v.len() / 2);
+        }
+        members.push((f.name().to_string(), v));
+    }
+    let entries: Vec<(&str, &[u8])> = members.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    let cut = dir.path().join("cut.zip");
+    std::fs::write(&cut, common::raw_zip(&entries)).unwrap();
+    let e = Identifier::open(&cut, dev.clone()).unwrap_err().to_string();
+    assert!(e.contains("cut.zip!model.safetensors"), "{e}");
+    // Saving into a missing folder fails without leaving anything.
+    let e = id.save(&dir.path().join("no/such/dir/x.zip")).unwrap_err().to_string();
+    assert!(e.contains("x.zip"), "{e}");
+}
+
+#[test]
+fn unavailable_devices_name_the_fix() {
+    #[cfg(not(feature = "cuda"))]
+    {
+        let e = h2e::device::select(h2e::device::DeviceChoice::Cuda).unwrap_err().to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+    }
+    #[cfg(not(feature = "vulkan"))]
+    {
+        let e = h2e::device::select(h2e::device::DeviceChoice::Vulkan).unwrap_err().to_string();
+        assert!(e.contains("--features vulkan"), "{e}");
+    }
+    assert_eq!(h2e::device::select(h2e::device::DeviceChoice::Cpu).unwrap().backend, "cpu");
+    assert!("gpu9".parse::<h2e::device::DeviceChoice>().is_err());
+}
