@@ -15,6 +15,7 @@ pub mod data;
 pub mod device;
 pub mod embedded;
 pub mod error;
+pub mod filter;
 pub mod fsutil;
 pub mod identifier;
 pub mod kernels;

@@ -6,6 +6,7 @@
 //! uses `device.clone().autodiff()`. Progress goes to a
 //! [`Progress`](crate::progress::Progress); nothing is printed.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, Param};
@@ -306,6 +307,28 @@ pub fn irm_penalty(z: Tensor<2>, y: Tensor<1, Int>) -> Tensor<1> {
     grad_s.powi_scalar(2).sum()
 }
 
+/// A hash naming one stage-A run: its tag, numbers, samples and the whole
+/// configuration (FNV-1a over their bytes).
+fn run_hash(tags: &[&str], numbers: &[u64], indices: &[usize], config: &TrainConfig) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+    };
+    for t in tags {
+        eat(t.as_bytes());
+    }
+    for n in numbers {
+        eat(&n.to_le_bytes());
+    }
+    for &i in indices {
+        eat(&(i as u64).to_le_bytes());
+    }
+    eat(serde_json::to_string(config).unwrap_or_default().as_bytes());
+    format!("{h:016x}")
+}
+
 /// Cosine learning rate at step `t` of `total`.
 fn cosine(peak: f64, t: usize, total: usize) -> f64 {
     0.5 * peak * (1.0 + (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos())
@@ -327,6 +350,23 @@ pub struct Engine<'a> {
     size: usize,
     classes: usize,
     progress: &'a dyn Progress,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// Where stage-A checkpoints go, and whether to continue from them.
+#[derive(Debug, Clone)]
+struct Checkpoints {
+    dir: PathBuf,
+    resume: bool,
+}
+
+/// `<tag>.json` in the checkpoint folder.
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    /// What run wrote it (a hash of the settings and the sample list).
+    run: String,
+    /// Epochs completed.
+    epochs_done: usize,
 }
 
 /// Stage name, steps, and a closure body: reports start / finish.
@@ -348,7 +388,18 @@ impl<'a> Engine<'a> {
         let mut config = config;
         config.input_size = Some(size);
         config.backbone = Some(config.backbone.unwrap_or(BackboneKind::for_input(size)));
-        Ok(Engine { device: device.without_autodiff(), config, channels: train.channels, size, classes: train.classes.len(), progress })
+        Ok(Engine { device: device.without_autodiff(), config, channels: train.channels, size, classes: train.classes.len(), progress, checkpoints: None })
+    }
+
+    /// Saves a checkpoint into `dir` after every backbone epoch (network
+    /// and optimizer state, Burn's own record format); with `resume`,
+    /// training continues from the checkpoints found there, giving the
+    /// same result as an uninterrupted run. A checkpoint written by a run
+    /// with other settings or data is an error, not silently reused.
+    pub fn with_checkpoints(mut self, dir: &Path, resume: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating checkpoint folder", dir, e))?;
+        self.checkpoints = Some(Checkpoints { dir: dir.to_path_buf(), resume });
+        Ok(self)
     }
 
     /// The resolved configuration.
@@ -390,15 +441,22 @@ impl<'a> Engine<'a> {
             }
         };
         let mut optim = sgd(cfg.momentum, cfg.weight_decay, None);
-        let mut rng = Rng::derive(seed, 0xA11CE);
         let bs = cfg.batch_size.min(indices.len()).max(1);
         let steps_per_epoch = indices.len().div_ceil(bs);
         let total = epochs * steps_per_epoch;
         let adjust = stage2.map(|(_, adj)| Tensor::<1>::from_data(TensorData::new(adj.to_vec(), [adj.len()]), &ad));
-        let mut order = indices.to_vec();
-        let mut step = 0;
+        let run_id = run_hash(&[name], &[seed, epochs as u64, bs as u64, peak.to_bits(), stage2.is_some() as u64], indices, &self.config);
+        let mut first_epoch = 0;
+        if let Some((m, o, e)) = self.load_checkpoint(name, &run_id, model.clone(), optim.clone())? {
+            (model, optim, first_epoch) = (m, o, e);
+        }
+        let mut step = first_epoch * steps_per_epoch;
         let mut last_loss = f32::NAN;
-        for epoch in 0..epochs {
+        for epoch in first_epoch..epochs {
+            // One stream per epoch, so a resumed run draws what an
+            // uninterrupted one would.
+            let mut rng = Rng::derive(seed, 0xA11CE + epoch as u64);
+            let mut order = indices.to_vec();
             rng.shuffle(&mut order);
             let started = Instant::now();
             let stage_name = format!("{name} epoch {}/{epochs}", epoch + 1);
@@ -452,8 +510,58 @@ impl<'a> Engine<'a> {
             let summary =
                 format!("loss {last_loss:.4}, {:.1} s, {:.0} img/s", secs, indices.len() as f64 / secs.max(1e-9));
             self.progress.event(Event::Finish { summary: &summary });
+            self.save_checkpoint(name, &run_id, &model, &optim, epoch + 1)?;
         }
         Ok(model)
+    }
+
+    fn checkpoint_paths(&self, tag: &str) -> Option<[PathBuf; 3]> {
+        let dir = &self.checkpoints.as_ref()?.dir;
+        let base: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        Some([dir.join(format!("{base}.json")), dir.join(format!("{base}.model.bpk")), dir.join(format!("{base}.optim.bpk"))])
+    }
+
+    fn save_checkpoint(&self, tag: &str, run: &str, model: &Net, optim: &burn::optim::ModuleOptimizer, done: usize) -> Result<()> {
+        let Some([json, m, o]) = self.checkpoint_paths(tag) else { return Ok(()) };
+        let tmp = |p: &Path| p.with_extension("tmp");
+        let fail = |p: &Path, e: &dyn std::fmt::Display| Error::io("writing checkpoint", p, std::io::Error::other(e.to_string()));
+        // `valid()` first: batch norm's running statistics are synchronised
+        // there; a record of the training-mode module can hold stale ones.
+        model.valid().save_file(tmp(&m)).map_err(|e| fail(&m, &e))?;
+        optim.save(tmp(&o)).map_err(|e| fail(&o, &e))?;
+        for p in [&m, &o] {
+            std::fs::rename(tmp(p), p).map_err(|e| Error::io("renaming checkpoint", p, e))?;
+        }
+        let state = serde_json::to_vec(&CheckpointState { run: run.to_string(), epochs_done: done }).map_err(|e| fail(&json, &e))?;
+        crate::fsutil::write_atomic(&json, &state)
+    }
+
+    fn load_checkpoint(
+        &self,
+        tag: &str,
+        run: &str,
+        model: Net,
+        optim: burn::optim::ModuleOptimizer,
+    ) -> Result<Option<(Net, burn::optim::ModuleOptimizer, usize)>> {
+        let Some([json, m, o]) = self.checkpoint_paths(tag) else { return Ok(None) };
+        if !self.checkpoints.as_ref().is_some_and(|c| c.resume) || !json.exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&json).map_err(|e| Error::io("reading checkpoint", &json, e))?;
+        let state: CheckpointState = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(json.display().to_string(), "checkpoint", e.to_string()))?;
+        if state.run != run {
+            return Err(Error::invalid(
+                json.display().to_string(),
+                "checkpoint",
+                "it was written by a run with other settings or data; delete the checkpoint folder or train without --resume",
+            ));
+        }
+        let bad = |p: &Path, e: &dyn std::fmt::Display| Error::invalid(p.display().to_string(), "checkpoint", e.to_string());
+        let model = model.try_load_file(&m).map_err(|e| bad(&m, &e))?;
+        let optim = optim.load(&o).map_err(|e| bad(&o, &e))?;
+        log::info!("{tag}: resuming after epoch {}", state.epochs_done);
+        Ok(Some((model, optim, state.epochs_done)))
     }
 
     /// Features of `indices` (un-augmented) through a validation-mode network.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -62,10 +62,11 @@ impl ModuleVisitor for Collect {
 }
 
 /// Serialises every float tensor of `module` (parameters and running
-/// statistics) to safetensors bytes.
+/// statistics) to safetensors bytes. The validation-mode snapshot is what
+/// is written: batch norm synchronises its running statistics there.
 pub fn to_safetensors<M: Module>(module: &M, metadata: Option<std::collections::HashMap<String, String>>) -> Result<Vec<u8>> {
     let mut c = Collect { path: PathStack::default(), out: Vec::new(), error: None };
-    module.visit(&mut c);
+    module.valid().visit(&mut c);
     if let Some(e) = c.error {
         return Err(Error::Train(e));
     }
@@ -138,17 +139,4 @@ pub fn from_safetensors<M: Module>(module: M, bytes: &[u8], name: &str) -> Resul
         Some(e) => Err(e),
         None => Ok(module),
     }
-}
-
-/// The ids of `module`'s parameters (for tests and optimizer bookkeeping).
-pub fn param_ids<M: Module>(module: &M) -> Vec<ParamId> {
-    struct Ids(Vec<ParamId>);
-    impl ModuleVisitor for Ids {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(param.id);
-        }
-    }
-    let mut ids = Ids(Vec::new());
-    module.visit(&mut ids);
-    ids.0
 }

@@ -286,3 +286,75 @@ fn unavailable_devices_name_the_fix() {
     assert_eq!(h2e::device::select(h2e::device::DeviceChoice::Cpu).unwrap().backend, "cpu");
     assert!("gpu9".parse::<h2e::device::DeviceChoice>().is_err());
 }
+
+/// Panics when a given stage starts: a run killed mid-training.
+struct KillAt(&'static str);
+
+impl h2e::progress::Progress for KillAt {
+    fn event(&self, event: h2e::progress::Event<'_>) {
+        if let h2e::progress::Event::Start { stage, .. } = event {
+            assert!(stage != self.0, "killed at {stage}");
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_run_resumes_from_its_checkpoints_to_the_same_result() {
+    let set = synthetic(8);
+    let cfg = TrainConfig { rounds: 2, epochs: 3, ..tiny(Method::H2e) };
+    let whole = run(&Device::flex(), cfg.clone(), &set);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let killer = KillAt("round 2/2 backbone epoch 2/3");
+    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let engine = Engine::new(Device::flex(), cfg.clone(), &set, &killer).unwrap().with_checkpoints(&ckpt, false).unwrap();
+        engine.run(&set, None, "test")
+    }));
+    assert!(interrupted.is_err(), "the run was killed");
+    assert!(ckpt.join("round-2-2-backbone.json").exists());
+
+    // Resuming must not redo round 1's backbone: kill it if it starts.
+    let no_redo = KillAt("round 1/2 backbone epoch 1/3");
+    let engine = Engine::new(Device::flex(), cfg.clone(), &set, &no_redo).unwrap().with_checkpoints(&ckpt, true).unwrap();
+    let resumed = engine.run(&set, None, "test").unwrap();
+    for (a, b) in whole.report.rounds.iter().zip(&resumed.report.rounds) {
+        assert_eq!(a.tau, b.tau, "round {}", a.round);
+    }
+    assert_eq!(resumed.scores.flagged, whole.scores.flagged);
+    assert_eq!(resumed.scores.noise_score, whole.scores.noise_score);
+
+    // A checkpoint of other settings is refused, not reused.
+    let other = TrainConfig { lr: 0.01, ..cfg };
+    let engine = Engine::new(Device::flex(), other, &set, &Silent).unwrap().with_checkpoints(&ckpt, true).unwrap();
+    let e = engine.run(&set, None, "test").unwrap_err().to_string();
+    assert!(e.contains("other settings"), "{e}");
+}
+
+#[test]
+fn weights_written_from_a_training_module_match_its_validation_forward() {
+    use burn::module::Module;
+    use burn::optim::{GradientsParams, SgdConfig};
+    use h2e::model::{BackboneKind, Net};
+    let ad = Device::flex().autodiff();
+    ad.seed(3);
+    let mut model = Net::new(BackboneKind::SmallCnn, 1, 8, 3, &ad);
+    let mut optim = SgdConfig::new().init();
+    let x = Tensor::<4>::random([16, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &ad);
+    let y = Tensor::<1, Int>::from_data(TensorData::new((0..16).map(|i| (i % 3) as i64).collect::<Vec<_>>(), [16]), &ad);
+    for _ in 0..3 {
+        let loss = cross_entropy(model.forward(x.clone()), y.clone());
+        let g = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(0.1, model, g);
+    }
+    // Written straight after training, before any validation pass.
+    let bytes = h2e::weights::to_safetensors(&model, None).unwrap();
+    let loaded = h2e::weights::from_safetensors(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &Device::flex()), &bytes, "w").unwrap();
+    let feats = |n: &Net| n.valid().backbone.forward(x.clone().inner()).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    assert_eq!(feats(&model), feats(&loaded));
+    // A wrong architecture is an error naming the tensor.
+    let e = h2e::weights::from_safetensors(Net::new(BackboneKind::SmallCnn, 3, 8, 3, &Device::flex()), &bytes, "w.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("w.safetensors") && e.contains("expected F32"), "{e}");
+}

@@ -2,6 +2,7 @@
 //! group lives in its own file; the library does the work.
 
 mod data;
+mod filter;
 mod model;
 mod term;
 
@@ -30,6 +31,8 @@ pub enum Command {
     Train(model::TrainArgs),
     /// Print the noise-detection quality recorded in an identifier bundle.
     Eval(model::EvalArgs),
+    /// Apply a saved identifier to new data and report suspected label issues.
+    Filter(filter::FilterArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -41,6 +44,7 @@ pub fn main() -> i32 {
         Command::MakeNlt(args) => data::make_nlt(args),
         Command::Train(args) => model::train(args),
         Command::Eval(args) => model::eval(args),
+        Command::Filter(args) => filter::filter(args),
     };
     match result {
         Ok(code) => code,

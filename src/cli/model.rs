@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Continue an interrupted run from the checkpoints in OUTPUT.ckpt/
+    /// (written after every backbone epoch, removed when the bundle is saved).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// `h2e eval` flags.
@@ -153,7 +157,15 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         train.width,
         test.as_ref().map(|t| format!(", {} test samples", t.len())).unwrap_or_default()
     );
-    let engine = Engine::new(selected.device.clone(), cfg, &train, &progress)?;
+    let mut ckpt = a.output.clone().into_os_string();
+    ckpt.push(".ckpt");
+    let ckpt = PathBuf::from(ckpt);
+    if a.resume && !ckpt.is_dir() {
+        bail!("--resume: no checkpoint folder {} (was the run started with -o {}?)", ckpt.display(), a.output.display());
+    }
+    let engine = Engine::new(selected.device.clone(), cfg, &train, &progress)?
+        .with_checkpoints(&ckpt, a.resume)
+        .with_context(|| format!("preparing checkpoints in {}", ckpt.display()))?;
     let trained = engine.run(&train, test.as_ref(), selected.backend).context("training")?;
     for r in &trained.report.rounds {
         let mut line = format!("round {}: flagged {} of {} samples", r.round, r.flagged, train.len());
@@ -176,6 +188,9 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     let seconds = trained.report.seconds;
     let id = Identifier::from_trained(trained, &train, selected.device)?;
     id.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    if let Err(e) = std::fs::remove_dir_all(&ckpt) {
+        log::warn!("could not remove the checkpoint folder {}: {e}", ckpt.display());
+    }
     eprintln!("wrote {} ({seconds:.0} s)", a.output.display());
     Ok(0)
 }

@@ -1,0 +1,107 @@
+//! `h2e filter`.
+
+use super::term::TermProgress;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use h2e::data::open_source;
+use h2e::device::{select, DeviceChoice};
+use h2e::filter::{filter_source, FilterOptions, FilterReport, Shard, UnknownClass, DEFAULT_BATCH};
+use h2e::fsutil::AtomicFile;
+use h2e::identifier::Identifier;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `h2e filter` flags.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Identifier bundle written by `h2e train`.
+    pub identifier: PathBuf,
+    /// Data to check: a folder, a dataset bundle, an image list (.csv/.jsonl with `path` and optional `label`) or `fashion-mnist`.
+    pub data: PathBuf,
+    /// Write the report as CSV (path,given_label,predicted_label,label_score,is_label_issue,error).
+    /// Without --report or --jsonl the CSV goes to stdout.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write the report as JSON lines (the CSV's fields plus noise_score).
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+    /// Flag when the noise score (1 - label_score) reaches this value instead of the identifier's rule.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Flag at most this fraction of the samples (default: the identifier's).
+    #[arg(long)]
+    pub max_flag_rate: Option<f32>,
+    /// Keep at least this many samples of every class unflagged (default: the identifier's).
+    #[arg(long)]
+    pub min_per_class: Option<usize>,
+    /// Samples of classes the identifier does not know: error (refuse the data) or skip (error rows).
+    #[arg(long, default_value = "error")]
+    pub unknown_class: UnknownClass,
+    /// Device: auto, wgpu, vulkan, metal, dx12, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Images decoded and scored together.
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
+    pub batch_size: usize,
+    /// Process only shard i of n (0-based): the samples whose index modulo n is i.
+    #[arg(long, default_value = "0/1")]
+    pub shard: Shard,
+}
+
+/// Creates an output file up front, so a bad path fails before the work.
+fn create(path: &Path) -> Result<AtomicFile> {
+    if path.is_dir() {
+        bail!("{} is a folder; give a file name", path.display());
+    }
+    AtomicFile::create(path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn save(mut file: AtomicFile, report: &FilterReport, write: fn(&FilterReport, &mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let dest = file.dest().to_path_buf();
+    write(report, &mut file).with_context(|| format!("writing {}", dest.display()))?;
+    file.commit().with_context(|| format!("writing {}", dest.display()))?;
+    eprintln!("wrote {}", dest.display());
+    Ok(())
+}
+
+pub fn filter(a: FilterArgs) -> Result<i32> {
+    let opts = FilterOptions {
+        batch_size: a.batch_size,
+        threshold: a.threshold,
+        max_flag_rate: a.max_flag_rate,
+        min_per_class: a.min_per_class,
+        unknown_class: a.unknown_class,
+        shard: a.shard,
+    };
+    opts.validate()?;
+    let csv = a.report.as_deref().map(create).transpose()?;
+    let jsonl = a.jsonl.as_deref().map(create).transpose()?;
+    let selected = select(a.device)?;
+    eprintln!("device: {}", selected.description);
+    let id = Identifier::open(&a.identifier, selected.device)
+        .with_context(|| format!("cannot open identifier {}", a.identifier.display()))?;
+    let src = open_source(&a.data).with_context(|| format!("cannot open data source {}", a.data.display()))?;
+    let progress = TermProgress::new();
+    let report = filter_source(&id, src.as_ref(), &opts, &progress)
+        .with_context(|| format!("filtering {} with {}", a.data.display(), a.identifier.display()))?;
+    match (csv, jsonl) {
+        (None, None) => report.write_csv(&mut std::io::stdout().lock()).context("writing the report to stdout")?,
+        (csv, jsonl) => {
+            if let Some(f) = csv {
+                save(f, &report, FilterReport::write_csv)?;
+            }
+            if let Some(f) = jsonl {
+                save(f, &report, FilterReport::write_jsonl)?;
+            }
+        }
+    }
+    let n = report.rows.len();
+    eprintln!(
+        "filter{}: {n} samples, {} flagged, {} errors, {:.0} images/s",
+        if a.shard.count > 1 { format!(" (shard {})", a.shard) } else { String::new() },
+        report.flagged(),
+        report.errors(),
+        n as f64 / report.seconds.max(1e-9)
+    );
+    Ok(0)
+}

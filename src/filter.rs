@@ -1,0 +1,497 @@
+//! Applying a saved identifier to new data (`h2e filter`): one
+//! [`FilterRow`] per sample with the given and predicted labels, the
+//! probability of the given label and whether it is a suspected label issue.
+//!
+//! Samples are decoded in batches (on all cores, while the previous batch is
+//! scored), resized to the identifier's input size exactly as training did,
+//! and scored with [`Identifier::score_batch`]; only a few numbers per sample
+//! are kept, so memory stays bounded whatever the data set's size. The
+//! operating point is applied once at the end, over every scored labelled
+//! sample, because its caps (`max_flag_rate`, `min_per_class`) are global.
+//! With [`Shard`]s those caps apply per shard.
+//!
+//! An image that cannot be read yields a row with `error` set instead of
+//! stopping the run. Column names follow cleanlab's `find_label_issues`
+//! report: `path, given_label, predicted_label, label_score, is_label_issue`,
+//! plus `error`.
+//!
+//! ```no_run
+//! use h2e::filter::{filter_source, FilterOptions};
+//! use h2e::identifier::Identifier;
+//! let id = Identifier::open("identifier.zip".as_ref(), burn::tensor::Device::flex()).unwrap();
+//! let src = h2e::data::open_source("new_images/".as_ref()).unwrap();
+//! let report = filter_source(&id, src.as_ref(), &FilterOptions::default(), &h2e::progress::Silent).unwrap();
+//! report.write_csv(&mut std::io::stdout()).unwrap();
+//! ```
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::str::FromStr;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::data::{resize, Image, Source};
+use crate::error::{Error, Result};
+use crate::fsutil::safe_component;
+use crate::identifier::Identifier;
+use crate::kernels::PackedBatch;
+use crate::progress::{Event, Progress};
+use crate::score::{self, OperatingPoint, Rule, SampleScore};
+
+/// Default number of images decoded and scored together.
+pub const DEFAULT_BATCH: usize = 256;
+
+/// Columns of the CSV report, in order.
+pub const CSV_COLUMNS: [&str; 6] = ["path", "given_label", "predicted_label", "label_score", "is_label_issue", "error"];
+
+/// What to do with samples whose class the identifier does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownClass {
+    /// Refuse the data set, listing the unknown class names.
+    #[default]
+    Error,
+    /// Give each such sample a row with `error` "unknown class NAME".
+    Skip,
+}
+
+impl FromStr for UnknownClass {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "error" => Ok(UnknownClass::Error),
+            "skip" => Ok(UnknownClass::Skip),
+            o => Err(Error::Argument(format!("unknown-class {o:?}: expected error or skip"))),
+        }
+    }
+}
+
+/// Shard `index` of `count`: the samples whose position in the source
+/// modulo `count` is `index`. The shards of a job array cover every sample
+/// exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based shard number, below `count`.
+    pub index: usize,
+    /// Number of shards (at least 1).
+    pub count: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// Shard `index` of `count`; errors unless `index < count`.
+    pub fn new(index: usize, count: usize) -> Result<Shard> {
+        if index >= count {
+            return Err(Error::Argument(format!("shard {index}/{count}: the shard number must be below the shard count (0-based)")));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// True when sample `i` belongs to this shard.
+    pub fn contains(&self, i: usize) -> bool {
+        i % self.count == self.index
+    }
+}
+
+impl FromStr for Shard {
+    type Err = Error;
+    /// Parses `i/n`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Argument(format!("shard {s:?}: expected i/n with 0 <= i < n, e.g. 0/4"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        Shard::new(i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Options of [`filter_source`]. The operating point is the identifier's,
+/// with each field the caller sets replacing its counterpart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterOptions {
+    /// Images decoded and scored together ([`DEFAULT_BATCH`]).
+    pub batch_size: usize,
+    /// Flag when `noise_score >= threshold` (= `label_score <= 1 - threshold`)
+    /// instead of the identifier's rule.
+    pub threshold: Option<f32>,
+    /// Flag at most this fraction of the scored labelled samples.
+    pub max_flag_rate: Option<f32>,
+    /// Never flag so many samples of a class that fewer than this many stay.
+    pub min_per_class: Option<usize>,
+    /// Samples of classes the identifier does not know.
+    pub unknown_class: UnknownClass,
+    /// Which samples to process.
+    pub shard: Shard,
+}
+
+impl Default for FilterOptions {
+    fn default() -> Self {
+        FilterOptions {
+            batch_size: DEFAULT_BATCH,
+            threshold: None,
+            max_flag_rate: None,
+            min_per_class: None,
+            unknown_class: UnknownClass::Error,
+            shard: Shard::default(),
+        }
+    }
+}
+
+impl FilterOptions {
+    /// Checks ranges: batch size positive, threshold and rate in [0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::Argument("batch size must be positive".into()));
+        }
+        if self.threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+            return Err(Error::Argument(format!("threshold {} is outside [0, 1]", self.threshold.unwrap_or_default())));
+        }
+        if self.max_flag_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err(Error::Argument(format!("max flag rate {} is outside [0, 1]", self.max_flag_rate.unwrap_or_default())));
+        }
+        Shard::new(self.shard.index, self.shard.count).map(|_| ())
+    }
+
+    /// `base` (an identifier's operating point) with these overrides.
+    pub fn operating_point(&self, base: &OperatingPoint) -> OperatingPoint {
+        OperatingPoint {
+            rule: self.threshold.map_or(base.rule, Rule::Threshold),
+            max_flag_rate: self.max_flag_rate.or(base.max_flag_rate),
+            min_per_class: self.min_per_class.unwrap_or(base.min_per_class),
+        }
+    }
+}
+
+/// One sample of the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilterRow {
+    /// The sample's path as its source names it (relative to a folder or
+    /// list, or a bundle member).
+    pub path: String,
+    /// Given class name; empty for unlabelled data.
+    pub given_label: String,
+    /// The identifier's (prior-adjusted) prediction; empty on error.
+    pub predicted_label: String,
+    /// Probability of the given label (of the predicted one when
+    /// unlabelled); `None` on error.
+    pub label_score: Option<f32>,
+    /// `1 - label_score`, the identifier's noise score; `None` on error.
+    pub noise_score: Option<f32>,
+    /// Suspected label issue under the operating point (never for errors
+    /// or unlabelled samples).
+    pub is_label_issue: bool,
+    /// Why the sample was not scored.
+    pub error: Option<String>,
+}
+
+/// The result of a filter run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FilterReport {
+    /// One row per processed sample, in source order.
+    pub rows: Vec<FilterRow>,
+    /// Wall-clock seconds of the run.
+    pub seconds: f64,
+}
+
+/// Quotes a CSV field when it holds a comma, quote, newline or surrounding
+/// space (RFC 4180: inner quotes doubled).
+pub fn csv_field(s: &str) -> Cow<'_, str> {
+    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
+        Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+impl FilterReport {
+    /// Rows flagged as label issues.
+    pub fn flagged(&self) -> usize {
+        self.rows.iter().filter(|r| r.is_label_issue).count()
+    }
+
+    /// Rows with an error.
+    pub fn errors(&self) -> usize {
+        self.rows.iter().filter(|r| r.error.is_some()).count()
+    }
+
+    /// Writes the CSV report ([`CSV_COLUMNS`]; booleans `true`/`false`,
+    /// missing values empty).
+    pub fn write_csv(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::new(w);
+        writeln!(w, "{}", CSV_COLUMNS.join(","))?;
+        for r in &self.rows {
+            writeln!(
+                w,
+                "{},{},{},{},{},{}",
+                csv_field(&r.path),
+                csv_field(&r.given_label),
+                csv_field(&r.predicted_label),
+                r.label_score.map(|s| s.to_string()).unwrap_or_default(),
+                r.is_label_issue,
+                csv_field(r.error.as_deref().unwrap_or("")),
+            )?;
+        }
+        w.flush()
+    }
+
+    /// Writes one JSON object per row (the CSV's fields plus `noise_score`).
+    pub fn write_jsonl(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::new(w);
+        for r in &self.rows {
+            serde_json::to_writer(&mut w, r)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()
+    }
+}
+
+/// A streaming scorer: push samples one by one (from any iterator), they
+/// are scored a batch at a time; [`finish`](Filter::finish) applies the
+/// operating point and returns the rows.
+#[derive(Debug)]
+pub struct Filter<'a> {
+    id: &'a Identifier,
+    op: OperatingPoint,
+    batch_size: usize,
+    batch: PackedBatch,
+    /// Row and label of each image in `batch`.
+    pending: Vec<(usize, Option<usize>)>,
+    rows: Vec<FilterRow>,
+    /// Row, score and label of every scored labelled sample.
+    scored: Vec<(usize, SampleScore, usize)>,
+}
+
+impl<'a> Filter<'a> {
+    /// A scorer with operating point `op`, scoring `batch_size` images at a time.
+    pub fn new(id: &'a Identifier, op: OperatingPoint, batch_size: usize) -> Result<Filter<'a>> {
+        if batch_size == 0 {
+            return Err(Error::Argument("batch size must be positive".into()));
+        }
+        let batch = PackedBatch::new(id.channels())?;
+        Ok(Filter { id, op, batch_size, batch, pending: Vec::new(), rows: Vec::new(), scored: Vec::new() })
+    }
+
+    /// Adds a sample. `label` indexes the identifier's classes (`None`:
+    /// unlabelled); a failed `image` becomes an error row.
+    pub fn push(&mut self, path: String, label: Option<usize>, image: Result<Image>) -> Result<()> {
+        let classes = self.id.classes();
+        if let Some(l) = label.filter(|&l| l >= classes.len()) {
+            return Err(Error::Argument(format!("{path}: label {l} is not below the identifier's {} classes", classes.len())));
+        }
+        let given = label.map(|l| classes[l].clone()).unwrap_or_default();
+        let image = match image {
+            Ok(image) => image,
+            Err(e) => {
+                self.push_error(path, given, e.to_string());
+                return Ok(());
+            }
+        };
+        let s = self.id.input_size() as u32;
+        let image = resize(&image, self.id.channels() as u8, s, s);
+        self.batch.push(s, s, &image.pixels)?;
+        self.pending.push((self.rows.len(), label));
+        self.rows.push(FilterRow {
+            path,
+            given_label: given,
+            predicted_label: String::new(),
+            label_score: None,
+            noise_score: None,
+            is_label_issue: false,
+            error: None,
+        });
+        if self.batch.len() >= self.batch_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Adds a row for a sample that is not scored.
+    pub fn push_error(&mut self, path: String, given_label: String, error: String) {
+        self.rows.push(FilterRow {
+            path,
+            given_label,
+            predicted_label: String::new(),
+            label_score: None,
+            noise_score: None,
+            is_label_issue: false,
+            error: Some(error),
+        });
+    }
+
+    /// Rows so far.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True before the first sample.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, PackedBatch::new(self.id.channels())?);
+        let labels: Vec<Option<usize>> = self.pending.iter().map(|p| p.1).collect();
+        let scores = self.id.score_batch(&batch, &labels)?;
+        for ((row, label), s) in self.pending.drain(..).zip(scores) {
+            let r = &mut self.rows[row];
+            r.predicted_label = self.id.classes()[s.pred].clone();
+            r.label_score = Some(s.prob_label);
+            r.noise_score = Some(s.noise_score);
+            if let Some(l) = label {
+                self.scored.push((row, s, l));
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores what is pending, decides the flags over every scored labelled
+    /// sample, and returns the rows in push order.
+    pub fn finish(mut self) -> Result<Vec<FilterRow>> {
+        self.flush()?;
+        let per: Vec<SampleScore> = self.scored.iter().map(|s| s.1).collect();
+        let labels: Vec<usize> = self.scored.iter().map(|s| s.2).collect();
+        let flags = score::apply(&per, &labels, self.id.classes().len(), &self.op).flagged;
+        for (&(row, ..), flag) in self.scored.iter().zip(flags) {
+            self.rows[row].is_label_issue = flag;
+        }
+        Ok(self.rows)
+    }
+}
+
+/// The identifier's label for each of `src`'s classes, matched by name,
+/// or else by the folder name a class gets when unpacked (`T-shirt/top` is
+/// the folder `T-shirt_top`); `None`: unknown. Errors on an unknown class
+/// that has samples, unless `unknown` is [`UnknownClass::Skip`].
+fn class_map(id: &Identifier, src: &dyn Source, unknown: UnknownClass) -> Result<Vec<Option<usize>>> {
+    let known = id.classes();
+    let find = |c: &String| known.iter().position(|k| k == c).or_else(|| known.iter().position(|k| safe_component(k) == *c));
+    let map: Vec<Option<usize>> = src.classes().iter().map(find).collect();
+    let mut used = vec![false; map.len()];
+    for s in src.samples() {
+        if let Some(u) = used.get_mut(s.label) {
+            *u = true;
+        }
+    }
+    let missing: Vec<&str> = (0..map.len()).filter(|&c| used[c] && map[c].is_none()).map(|c| src.classes()[c].as_str()).collect();
+    if !missing.is_empty() && unknown == UnknownClass::Error {
+        return Err(Error::dataset(
+            src.location(),
+            format!(
+                "{} class(es) unknown to the identifier: {} (it knows {}); skip their samples with --unknown-class skip",
+                missing.len(),
+                missing.join(", "),
+                id.classes().join(", ")
+            ),
+        ));
+    }
+    Ok(map)
+}
+
+/// Decodes `indices` of `src` on all cores, converted and resized to
+/// `channels` x `size` x `size`.
+fn decode(src: &dyn Source, indices: &[usize], channels: u8, size: u32) -> Vec<Result<Image>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = indices.len().div_ceil(threads).max(1);
+    let load = |i: usize| src.load(i).map(|img| resize(&img, channels, size, size));
+    std::thread::scope(|s| {
+        let parts: Vec<_> =
+            indices.chunks(chunk).map(|c| s.spawn(move || c.iter().map(|&i| load(i)).collect::<Vec<_>>())).collect();
+        parts.into_iter().flat_map(|p| p.join().expect("image decoder panicked")).collect()
+    })
+}
+
+/// Filters the samples of `src` (those of `opts.shard`) with `id`.
+///
+/// Source classes are matched to the identifier's by name. Unlabelled
+/// sources get predictions and `label_score` (the top probability) only,
+/// never flags.
+pub fn filter_source(id: &Identifier, src: &dyn Source, opts: &FilterOptions, progress: &dyn Progress) -> Result<FilterReport> {
+    opts.validate()?;
+    let t0 = Instant::now();
+    let labelled = src.labelled();
+    let map = if labelled { class_map(id, src, opts.unknown_class)? } else { Vec::new() };
+    // Per selected sample: its identifier label, or Err(class name) when unknown.
+    let plan: Vec<(usize, std::result::Result<Option<usize>, &str>)> = (0..src.samples().len())
+        .filter(|&i| opts.shard.contains(i))
+        .map(|i| {
+            let l = src.samples()[i].label;
+            let label = match labelled {
+                false => Ok(None),
+                true => map.get(l).copied().flatten().map(Some).ok_or_else(|| src.classes().get(l).map_or("?", |c| c.as_str())),
+            };
+            (i, label)
+        })
+        .collect();
+    let total = plan.len();
+    let mut filter = Filter::new(id, opts.operating_point(&id.config().operating_point), opts.batch_size)?;
+    let (channels, size) = (id.channels() as u8, id.input_size() as u32);
+    progress.event(Event::Start { stage: "filter", total: total as u64 });
+    std::thread::scope(|s| -> Result<()> {
+        // Decode the next batch while this one is scored.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let plan = &plan;
+        s.spawn(move || {
+            for chunk in plan.chunks(opts.batch_size) {
+                let wanted: Vec<usize> = chunk.iter().filter(|p| p.1.is_ok()).map(|p| p.0).collect();
+                if tx.send((chunk, decode(src, &wanted, channels, size))).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut done = 0;
+        for (chunk, images) in rx {
+            let mut images = images.into_iter();
+            for &(i, label) in chunk {
+                let path = src.samples()[i].path.clone();
+                match label {
+                    Ok(label) => filter.push(path, label, images.next().expect("one image per wanted sample"))?,
+                    Err(name) => filter.push_error(path, name.to_string(), format!("unknown class {name}")),
+                }
+            }
+            done += chunk.len();
+            let rate = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            progress.event(Event::Advance { done: done as u64, message: &format!("{rate:.0} images/s") });
+        }
+        Ok(())
+    })?;
+    let report = FilterReport { rows: filter.finish()?, seconds: t0.elapsed().as_secs_f64() };
+    progress.event(Event::Finish { summary: &format!("{} samples read", report.rows.len()) });
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_and_quoting() {
+        assert_eq!("1/3".parse::<Shard>().unwrap(), Shard { index: 1, count: 3 });
+        for bad in ["3/3", "1", "a/2", "0/0", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        assert!(Shard::new(1, 3).unwrap().contains(4));
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,\"b\"\n"), "\"a,\"\"b\"\"\n\"");
+    }
+
+    #[test]
+    fn overrides_replace_only_what_is_given() {
+        let base = OperatingPoint { rule: Rule::Argmax, max_flag_rate: Some(0.5), min_per_class: 3 };
+        let o = FilterOptions { threshold: Some(0.2), min_per_class: Some(0), ..Default::default() };
+        assert_eq!(o.operating_point(&base), OperatingPoint { rule: Rule::Threshold(0.2), max_flag_rate: Some(0.5), min_per_class: 0 });
+        assert!(FilterOptions { batch_size: 0, ..Default::default() }.validate().is_err());
+        assert!(FilterOptions { max_flag_rate: Some(1.5), ..Default::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! `h2e filter`: a tiny identifier trained on synthetic 8x8 images applied
+//! to ImageFolders and image lists, through the library and the binary.
+
+mod common;
+
+use burn::tensor::Device;
+use h2e::data::{open_source, TensorSet};
+use h2e::filter::{filter_source, FilterOptions, FilterReport, FilterRow, Shard, UnknownClass};
+use h2e::identifier::Identifier;
+use h2e::progress::Silent;
+use h2e::rng::Rng;
+use h2e::train::{Engine, Method, TrainConfig};
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+
+const CLASSES: [&str; 3] = ["top", "middle", "bottom"];
+
+/// Three classes of 8x8 grayscale images: a bright band at the top, middle or bottom.
+fn synthetic() -> TensorSet {
+    let mut rng = Rng::new(5);
+    let mut set = TensorSet::empty(CLASSES.iter().map(|s| s.to_string()).collect(), 1, 8, 8);
+    for (label, band) in [0..3, 3..5, 5..8].into_iter().enumerate() {
+        for i in 0..16 {
+            let pixels = (0..64).map(|p| (if band.contains(&(p / 8)) { 200 } else { 30 } + rng.below(40)) as u8).collect();
+            set.push(&h2e::data::Image { width: 8, height: 8, channels: 1, pixels }, label, None, format!("{label}/{i}.png"));
+        }
+    }
+    set
+}
+
+/// The bytes of a quickly trained identifier, built once per test binary.
+fn identifier_bytes() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let set = synthetic();
+        let cfg = TrainConfig { method: Method::Ce, epochs: 2, batch_size: 16, rounds: 1, seed: 1, ..TrainConfig::default() };
+        let device = Device::flex();
+        let trained = Engine::new(device.clone(), cfg, &set, &Silent).unwrap().run(&set, None, "test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.zip");
+        Identifier::from_trained(trained, &set, device).unwrap().save(&path).unwrap();
+        std::fs::read(&path).unwrap()
+    })
+}
+
+fn identifier() -> Identifier {
+    Identifier::from_bytes("id.zip", identifier_bytes().to_vec(), Device::flex()).unwrap()
+}
+
+/// `root/{top,middle,bottom}` with 5, 4 and 3 PNGs (8x8 gray and 10x6 RGB),
+/// plus `middle/a,b "q".png`.
+fn folder(root: &Path) -> usize {
+    common::folder(root, &[("top", 5), ("middle", 4), ("bottom", 3)]);
+    std::fs::write(root.join("middle/a,b \"q\".png"), common::png(8, 8, 3, 99)).unwrap();
+    13
+}
+
+fn run(root: &Path, opts: &FilterOptions) -> h2e::Result<FilterReport> {
+    filter_source(&identifier(), open_source(root)?.as_ref(), opts, &Silent)
+}
+
+fn scored(r: &FilterRow) -> bool {
+    r.error.is_none() && CLASSES.contains(&r.predicted_label.as_str()) && r.label_score.is_some_and(|s| (0.0..=1.0).contains(&s))
+}
+
+#[test]
+fn one_row_per_sample_and_a_corrupt_image_is_an_error_row() {
+    let t = tempfile::tempdir().unwrap();
+    let n = folder(t.path()) + 1;
+    std::fs::write(t.path().join("top/zzz.png"), b"not a png").unwrap();
+    let report = run(t.path(), &FilterOptions { batch_size: 4, ..Default::default() }).unwrap();
+    assert_eq!(report.rows.len(), n);
+    assert_eq!(report.errors(), 1);
+    let bad = report.rows.iter().find(|r| r.error.is_some()).unwrap();
+    assert!(bad.path.ends_with("zzz.png") && bad.error.as_ref().unwrap().contains("zzz.png"), "{bad:?}");
+    assert!(!bad.is_label_issue && bad.predicted_label.is_empty() && bad.label_score.is_none());
+    assert_eq!(bad.given_label, "top");
+    for r in report.rows.iter().filter(|r| r.error.is_none()) {
+        assert!(scored(r), "{r:?}");
+        assert_eq!(r.given_label, r.path.split('/').next().unwrap());
+        assert!((r.label_score.unwrap() + r.noise_score.unwrap() - 1.0).abs() < 1e-5);
+    }
+
+    // Threshold 0 (no per-class floor) flags every scored labelled sample.
+    let all = FilterOptions { threshold: Some(0.0), min_per_class: Some(0), ..Default::default() };
+    let report = run(t.path(), &all).unwrap();
+    assert_eq!(report.flagged(), n - 1);
+    assert!(report.rows.iter().all(|r| r.is_label_issue == r.error.is_none()));
+    // A rate cap applies over the scored samples.
+    let capped = run(t.path(), &FilterOptions { max_flag_rate: Some(0.25), ..all }).unwrap();
+    assert_eq!(capped.flagged(), (n - 1) / 4);
+}
+
+#[test]
+fn unknown_classes_are_refused_or_skipped() {
+    let t = tempfile::tempdir().unwrap();
+    let n = folder(t.path());
+    common::folder(t.path(), &[("sideways", 2)]);
+    let e = run(t.path(), &FilterOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("sideways") && e.contains("unknown"), "{e}");
+    let report = run(t.path(), &FilterOptions { unknown_class: UnknownClass::Skip, ..Default::default() }).unwrap();
+    assert_eq!(report.rows.len(), n + 2);
+    let skipped: Vec<_> = report.rows.iter().filter(|r| r.error.is_some()).collect();
+    assert_eq!(skipped.len(), 2);
+    for r in skipped {
+        assert_eq!(r.error.as_deref(), Some("unknown class sideways"));
+        assert_eq!(r.given_label, "sideways");
+        assert!(!r.is_label_issue);
+    }
+}
+
+#[test]
+fn shards_cover_exactly_the_unsharded_rows() {
+    let t = tempfile::tempdir().unwrap();
+    folder(t.path());
+    let key = |r: &FilterRow| (r.path.clone(), r.predicted_label.clone(), r.given_label.clone());
+    let whole = run(t.path(), &FilterOptions::default()).unwrap();
+    let mut parts = Vec::new();
+    for i in 0..2 {
+        let shard = FilterOptions { shard: Shard::new(i, 2).unwrap(), batch_size: 3, ..Default::default() };
+        let rows = run(t.path(), &shard).unwrap().rows;
+        assert_eq!(rows.len(), whole.rows.len().div_ceil(2) - i);
+        parts.extend(rows);
+    }
+    parts.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut all = whole.rows.clone();
+    all.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(parts.iter().map(key).collect::<Vec<_>>(), all.iter().map(key).collect::<Vec<_>>());
+    for (a, b) in parts.iter().zip(&all) {
+        assert!((a.label_score.unwrap() - b.label_score.unwrap()).abs() < 1e-5, "batching does not change scores");
+    }
+}
+
+#[test]
+fn an_unlabelled_list_gives_predictions_and_no_flags() {
+    let t = tempfile::tempdir().unwrap();
+    folder(&t.path().join("imgs"));
+    let list = t.path().join("list.csv");
+    std::fs::write(&list, "path\nimgs/top/000.png\nimgs/top/001.png\n\"imgs/middle/a,b \"\"q\"\".png\"\nimgs/bottom/002.png\n").unwrap();
+    let opts = FilterOptions { threshold: Some(0.0), min_per_class: Some(0), ..Default::default() };
+    let report = run(&list, &opts).unwrap();
+    assert_eq!(report.rows.len(), 4);
+    assert_eq!(report.flagged(), 0);
+    for r in &report.rows {
+        assert!(scored(r), "{r:?}");
+        assert!(r.given_label.is_empty());
+    }
+}
+
+/// Minimal RFC 4180 reader (no embedded newlines).
+fn parse_csv_line(line: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted, mut chars) = (Vec::new(), String::new(), false, line.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            (true, '"') => quoted = false,
+            (false, '"') => quoted = true,
+            (false, ',') => out.push(std::mem::take(&mut cur)),
+            (_, c) => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+fn h2e(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_h2e")).args(args).output().expect("run h2e")
+}
+
+#[test]
+fn the_binary_writes_csv_and_jsonl_that_parse_back() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let n = folder(&data) + 1;
+    std::fs::write(data.join("bottom/bad.png"), b"\x89PNG broken").unwrap();
+    let id = t.path().join("id.zip");
+    std::fs::write(&id, identifier_bytes()).unwrap();
+    let (csv, jsonl) = (t.path().join("out.csv"), t.path().join("out.jsonl"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let o = h2e(&["filter", &s(&id), &s(&data), "--device", "cpu", "--report", &s(&csv), "--jsonl", &s(&jsonl), "--batch-size", "5"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("{n} samples")) && stderr.contains("1 errors") && stderr.contains("images/s"), "{stderr}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,given_label,predicted_label,label_score,is_label_issue,error"));
+    let rows: Vec<Vec<String>> = lines.map(parse_csv_line).collect();
+    assert_eq!(rows.len(), n);
+    assert!(rows.iter().all(|r| r.len() == 6), "{rows:?}");
+    assert!(rows.iter().any(|r| r[0] == "middle/a,b \"q\".png" && r[1] == "middle"));
+    let bad = rows.iter().find(|r| r[0] == "bottom/bad.png").unwrap();
+    assert!(bad[5].contains("bad.png") && bad[4] == "false" && bad[3].is_empty(), "{bad:?}");
+    for r in rows.iter().filter(|r| r[5].is_empty()) {
+        assert!(CLASSES.contains(&r[2].as_str()) && r[3].parse::<f32>().is_ok() && ["true", "false"].contains(&r[4].as_str()), "{r:?}");
+    }
+    let json: Vec<serde_json::Value> =
+        std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(json.len(), n);
+    assert!(json.iter().all(|v| v["is_label_issue"].is_boolean() && v.get("noise_score").is_some()));
+    // Only the two outputs were written next to the inputs (no temporaries left).
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 4);
+
+    // Without outputs the CSV goes to stdout; a bad shard is refused before any work.
+    let o = h2e(&["filter", &s(&id), &s(&data), "--device", "cpu", "--shard", "1/2"]);
+    assert!(o.status.success());
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.starts_with("path,given_label,"));
+    assert_eq!(out.lines().count(), 1 + n / 2);
+    let o = h2e(&["filter", &s(&id), &s(&data), "--shard", "2/2"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("shard"));
+}
