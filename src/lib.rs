@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod baselines;
+pub mod bench;
 pub mod bundle;
 pub mod data;
 pub mod device;

@@ -1,6 +1,7 @@
 //! Command-line interface: flag definitions and dispatch. Each command
 //! group lives in its own file; the library does the work.
 
+mod bench;
 mod data;
 mod filter;
 mod model;
@@ -25,6 +26,9 @@ pub enum Command {
     /// Pack, inspect, verify or unpack dataset bundles.
     #[command(subcommand)]
     Bundle(data::BundleCmd),
+    /// Benchmarks: noise-detection quality against the baselines.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Build a noisy long-tailed benchmark bundle with known ground truth.
     MakeNlt(data::MakeNltArgs),
     /// Train a noise identifier (H2E or a baseline) and save it as a bundle.
@@ -41,6 +45,7 @@ pub fn main() -> i32 {
     term::init_logger(cli.log);
     let result = match cli.command {
         Command::Bundle(cmd) => data::bundle(cmd),
+        Command::Bench(cmd) => bench::bench(cmd),
         Command::MakeNlt(args) => data::make_nlt(args),
         Command::Train(args) => model::train(args),
         Command::Eval(args) => model::eval(args),

@@ -3,7 +3,7 @@
 use super::term::TermProgress;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use h2e::data::{load_split, open_source, Source, Split, TensorSet};
+use h2e::data::{load_train_test, open_source, Source, Split, TensorSet};
 use h2e::device::{select, DeviceChoice};
 use h2e::identifier::Identifier;
 use h2e::model::BackboneKind;
@@ -96,25 +96,13 @@ fn open_data(data: Option<&Path>) -> Result<(Box<dyn Source>, String)> {
 
 /// Decodes the train (and test) split at the model's input size.
 fn load(src: &dyn Source, name: &str, input_size: Option<usize>, progress: &TermProgress) -> Result<(TensorSet, Option<TensorSet>)> {
-    let first = src
-        .samples()
-        .iter()
-        .position(|s| s.split == Split::Train)
-        .with_context(|| format!("{name}: no training samples"))?;
-    let img = src.load(first).with_context(|| format!("{name}: reading the first training image"))?;
-    let size = input_size.unwrap_or(img.width.max(img.height) as usize);
-    let channels = img.channels as usize;
-    let train = load_split(src, Split::Train, channels, size, size, &mut progress.counter("loading train split"))
-        .with_context(|| format!("loading the training split of {name}"))?;
-    let test = if src.samples().iter().any(|s| s.split == Split::Test) {
-        Some(
-            load_split(src, Split::Test, channels, size, size, &mut progress.counter("loading test split"))
-                .with_context(|| format!("loading the test split of {name}"))?,
-        )
-    } else {
-        None
-    };
-    Ok((train, test))
+    let mut train_bar = progress.counter("loading train split");
+    let mut test_bar = progress.counter("loading test split");
+    load_train_test(src, input_size, &mut |split, done, total| match split {
+        Split::Test => test_bar(done, total),
+        _ => train_bar(done, total),
+    })
+    .with_context(|| format!("loading {name}"))
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {

@@ -23,7 +23,7 @@ pub use folder::ImageFolder;
 pub use idx::{fashion_mnist_classes, IdxSource, FASHION_MNIST_DIR};
 pub use image_io::{decode_image, encode_png, resize, DecodeLimits};
 pub use list::ListSource;
-pub use set::{load_split, TensorSet};
+pub use set::{load_split, load_train_test, TensorSet};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -123,3 +123,29 @@ pub fn load_split(
     }
     Ok(set)
 }
+
+/// The training split and, when the source has one, the test split,
+/// decoded at a square `input_size` (default: the first training image's
+/// larger side) with the first training image's channel count.
+/// `on_progress(split, done, total)` follows the decoding.
+pub fn load_train_test(
+    source: &dyn Source,
+    input_size: Option<usize>,
+    on_progress: &mut dyn FnMut(Split, usize, usize),
+) -> Result<(TensorSet, Option<TensorSet>)> {
+    let first = source
+        .samples()
+        .iter()
+        .position(|s| s.split == Split::Train)
+        .ok_or_else(|| Error::dataset(source.location(), "no training samples"))?;
+    let img = source.load(first)?;
+    let size = input_size.unwrap_or(img.width.max(img.height) as usize);
+    let channels = img.channels as usize;
+    let train = load_split(source, Split::Train, channels, size, size, &mut |d, t| on_progress(Split::Train, d, t))?;
+    let test = if source.samples().iter().any(|s| s.split == Split::Test) {
+        Some(load_split(source, Split::Test, channels, size, size, &mut |d, t| on_progress(Split::Test, d, t))?)
+    } else {
+        None
+    };
+    Ok((train, test))
+}

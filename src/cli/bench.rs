@@ -1,0 +1,95 @@
+//! `h2e bench quality`.
+
+use super::term::TermProgress;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use h2e::bench::{grid, quick_config, quick_grid, run, table};
+use h2e::data::open_source;
+use h2e::device::{select, DeviceChoice};
+use h2e::train::{Method, TrainConfig};
+use std::path::PathBuf;
+
+/// `h2e bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Noise-detection quality of h2e (every round) and the baselines on a grid of NLT draws.
+    Quality(QualityArgs),
+}
+
+/// `h2e bench quality` flags.
+#[derive(Debug, Args)]
+pub struct QualityArgs {
+    /// Output folder: results.json, results.md, and the draws (reused on a rerun).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// One small draw and a short schedule: checks the harness, not a result.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seeds of the grid.
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub seeds: Vec<u64>,
+    /// Methods to run.
+    #[arg(long, value_delimiter = ',', default_value = "h2e,ce,small-loss,confident-learning")]
+    pub methods: Vec<Method>,
+    /// Only draws whose name contains this (e.g. `uniform-rho100`).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Backbone epochs (default: the training default, or 2 with --quick).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Also train and test the stage-2 classifier.
+    #[arg(long)]
+    pub classifier: bool,
+    /// Where the clean images come from.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub source: PathBuf,
+    /// Device: auto, wgpu, vulkan, metal, dx12, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+pub fn bench(cmd: BenchCmd) -> Result<i32> {
+    let BenchCmd::Quality(a) = cmd;
+    let source = open_source(&a.source).with_context(|| format!("cannot open data source {}", a.source.display()))?;
+    let mut draws = if a.quick { quick_grid() } else { grid(&a.seeds) };
+    if let Some(only) = &a.only {
+        draws.retain(|d| d.name().contains(only.as_str()));
+    }
+    let mut cfg = if a.quick { quick_config() } else { TrainConfig::default() };
+    cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
+    cfg.classifier = a.classifier;
+    let selected = select(a.device)?;
+    eprintln!("device: {}; {} draws x {} methods", selected.description, draws.len(), a.methods.len());
+    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    let progress = TermProgress::new();
+    let rows = run(
+        source.as_ref(),
+        &draws,
+        &a.methods,
+        &cfg,
+        &a.output.join("draws"),
+        &selected.device,
+        selected.backend,
+        &progress,
+        &mut |r| {
+            eprintln!(
+                "{} {} round {}: F1 {:.3} (head {:.3}, tail {:.3}), {:.0} s",
+                r.draw.name(),
+                r.method.as_str(),
+                r.round,
+                r.detection.f1,
+                r.detection.head.f1,
+                r.detection.tail.f1,
+                r.seconds
+            )
+        },
+    )?;
+    let json = serde_json::json!({"config": cfg, "device": selected.description, "quick": a.quick, "rows": rows});
+    let json_path = a.output.join("results.json");
+    h2e::fsutil::write_atomic(&json_path, &serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", json_path.display()))?;
+    let md = table(&rows);
+    let md_path = a.output.join("results.md");
+    h2e::fsutil::write_atomic(&md_path, md.as_bytes()).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("{md}");
+    Ok(0)
+}

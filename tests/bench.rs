@@ -1,0 +1,75 @@
+//! The quality benchmark harness in `--quick` mode (its numbers are not
+//! results), and `h2e train` / `h2e eval` through the binary.
+
+use std::path::Path;
+use std::process::Command;
+
+fn h2e(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_h2e")).args(args).output().expect("run h2e")
+}
+
+#[test]
+fn quick_quality_benchmark_covers_every_method_and_round() {
+    assert!(
+        Path::new(h2e::data::FASHION_MNIST_DIR).join("train-images-idx3-ubyte.gz").exists(),
+        "install Debian's dataset-fashion-mnist (the CI script does)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("bench");
+    let o = h2e(&["bench", "quality", "--quick", "--device", "cpu", "--classifier", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    let key = |r: &serde_json::Value| (r["method"].as_str().unwrap().to_string(), r["round"].as_u64().unwrap());
+    let keys: Vec<_> = rows.iter().map(key).collect();
+    for want in [("h2e", 1), ("h2e", 2), ("ce", 1), ("small-loss", 1), ("confident-learning", 1)] {
+        assert!(keys.contains(&(want.0.to_string(), want.1)), "{want:?} missing from {keys:?}");
+    }
+    // Uniform noise 0.3 on 300 head images, imbalance 10: floor(0.3 n_c) noisy per class.
+    let counts = h2e::nlt::lt_counts(300, 10, 10.0);
+    let noisy: u64 = counts.iter().map(|&n| (0.3 * n as f64).floor() as u64).sum();
+    for r in rows {
+        assert_eq!(r["detection"]["noisy"].as_u64().unwrap(), noisy);
+        let f1 = r["detection"]["f1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&f1));
+        assert_eq!(r["backend"], "cpu");
+    }
+    // The final h2e round carries the stage-2 classifier's test accuracy.
+    let last = rows.iter().find(|r| key(r) == ("h2e".to_string(), 2)).unwrap();
+    assert!(last["classifier"]["balanced_accuracy"].as_f64().is_some());
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert_eq!(md.lines().count(), 2 + rows.len());
+    assert!(out.join("draws/uniform-rho10-r0.3-s0.zip").exists());
+}
+
+#[test]
+fn train_then_eval_through_the_binary() {
+    let t = tempfile::tempdir().unwrap();
+    let id = t.path().join("id.zip");
+    let args = ["train", "--device", "cpu", "--epochs", "1", "--rounds", "1", "--identifier-epochs", "1", "-o", id.to_str().unwrap()];
+    let o = h2e(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("device: cpu") && err.contains("round 1: flagged"), "{err}");
+    // The checkpoint folder is gone once the bundle is written.
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+    let o = h2e(&["eval", id.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["method"], "h2e");
+    let round = &v["rounds"][0];
+    for k in ["precision", "recall", "f1", "auroc"] {
+        assert!(round[k].as_f64().is_some(), "{k} missing in {v}");
+    }
+    assert!(round["tail"]["f1"].as_f64().is_some() && round["head"]["f1"].as_f64().is_some());
+    assert!(v.get("test_accuracy").is_some());
+    // Bad input: a missing data file and an unknown device are clear errors, nothing written.
+    let o = h2e(&["train", "/no/such/data.zip", "--device", "cpu", "-o", t.path().join("x.zip").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/no/such/data.zip"));
+    let o = h2e(&["train", "--device", "tpu", "-o", t.path().join("x.zip").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = h2e(&["train", "--resume", "--device", "cpu", "-o", t.path().join("y.zip").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no checkpoint folder"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+}
