@@ -2,18 +2,23 @@
 //! wgpu device (software Vulkan where there is no GPU).
 //!
 //! ```text
-//! cargo run --release --example bench_kernels -- [batch] [side] [iters]
+//! cargo run --release --example bench_kernels -- [batch] [side] [iters] [train_steps]
 //! ```
 //! Preprocessing: `batch` random `side x side x 3` images (sources of mixed
 //! sizes around `side`) to `side x side` with crop/flip/jitter, as
 //! images/s of (a) the GPU kernel (packed u8 upload + kernel) and (b) the
 //! CPU reference + f32 upload, both ending with a device sync. Scoring:
-//! 4096 x 100 logits, fused kernel vs tensor ops.
+//! 4096 x 100 logits, fused kernel vs tensor ops. Training: stage-A steps
+//! of the small CNN on 28x28 images with each preprocessing path.
 
 use std::time::Instant;
 
 use burn::tensor::{Device, DeviceType, Int, Tensor, TensorData};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig};
 use h2e::kernels::{self, PackedBatch, PreprocessParams};
+use h2e::model::{BackboneKind, Net};
+use h2e::train::cross_entropy;
 use h2e::rng::Rng;
 
 fn time<T>(iters: usize, device: &Device, mut f: impl FnMut(usize) -> T) -> f64 {
@@ -74,4 +79,37 @@ fn main() {
     println!("score {n} x {classes} logits, {iters} iterations:");
     println!("  WGSL fused kernel                    {:>10.0} samples/s", n as f64 / fused);
     println!("  tensor ops                           {:>10.0} samples/s", n as f64 / ops);
+
+    // Stage-A training steps (small CNN, 1x28x28 from 28x28 u8 sources,
+    // crop + flip, cross-entropy, SGD momentum) with each preprocessing path.
+    let steps = args.get(3).copied().unwrap_or(3);
+    let ad = device.clone().autodiff();
+    let mut gray = PackedBatch::new(1).unwrap();
+    for _ in 0..batch_size {
+        let px: Vec<u8> = (0..28 * 28).map(|_| rng.below(256) as u8).collect();
+        gray.push(28, 28, &px).unwrap();
+    }
+    let labels: Vec<i64> = (0..batch_size).map(|i| (i % 10) as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &ad);
+    let p28 = |seed: usize| PreprocessParams { pad: 2, flip: true, seed: seed as u64, ..PreprocessParams::eval(28, 28) };
+    let train = |wgsl: bool| {
+        ad.seed(0);
+        let mut model = Net::new(BackboneKind::SmallCnn, 1, 28, 10, &ad);
+        let mut optim = SgdConfig::new().with_momentum(Some(MomentumConfig::new())).init();
+        time(steps, &device, |i| {
+            let x = if wgsl {
+                kernels::preprocess_wgsl(&ad, &gray, &p28(i)).unwrap().expect("kernel ran")
+            } else {
+                kernels::preprocess_cpu(&ad, &gray, &p28(i), None).unwrap()
+            };
+            let loss = cross_entropy(model.forward(x), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(0.01, model.clone(), grads);
+        })
+    };
+    let with_kernel = train(true);
+    let with_cpu = train(false);
+    println!("stage-A training step, batch {batch_size} x 1x28x28, {steps} steps:");
+    println!("  WGSL preprocess                      {:>10.2} steps/s ({:.0} images/s)", 1.0 / with_kernel, batch_size as f64 / with_kernel);
+    println!("  CPU preprocess + upload              {:>10.2} steps/s ({:.0} images/s)", 1.0 / with_cpu, batch_size as f64 / with_cpu);
 }
