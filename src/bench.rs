@@ -23,50 +23,31 @@ use crate::nlt::{make_nlt, NltConfig, NoiseKind};
 use crate::progress::Progress;
 use crate::train::{Engine, Method, TrainConfig};
 
-/// One benchmark draw.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Draw {
-    /// Imbalance ratio (1 = balanced).
-    pub imbalance: f64,
-    /// Noise rate.
-    pub noise: f64,
-    /// Noise kind.
-    pub kind: NoiseKind,
-    /// Seed of the draw and of training.
-    pub seed: u64,
-    /// Head-class size (`None`: the source's largest class).
-    pub n_max: Option<usize>,
-    /// Test images per class (`None`: all).
-    pub test_per_class: Option<usize>,
-}
-
-impl Draw {
-    /// A short name, e.g. `uniform-rho100-r0.3-s0`.
-    pub fn name(&self) -> String {
-        let kind = format!("{:?}", self.kind).to_lowercase();
-        format!("{kind}-rho{}-r{}-s{}", self.imbalance, self.noise, self.seed)
-    }
+/// A short name of a draw, e.g. `uniform-rho100-r0.3-s0`.
+pub fn draw_name(d: &NltConfig) -> String {
+    let kind = format!("{:?}", d.kind).to_lowercase();
+    format!("{kind}-rho{}-r{}-s{}", d.imbalance, d.noise, d.seed)
 }
 
 /// The full grid of the issue "Benchmarks", for `seeds`.
-pub fn grid(seeds: &[u64]) -> Vec<Draw> {
+pub fn grid(seeds: &[u64]) -> Vec<NltConfig> {
     let mut out = Vec::new();
     for &seed in seeds {
         for imbalance in [10.0, 100.0] {
             for noise in [0.2, 0.4] {
                 for kind in [NoiseKind::Uniform, NoiseKind::Imb, NoiseKind::Sym, NoiseKind::Pair] {
-                    out.push(Draw { imbalance, noise, kind, seed, n_max: None, test_per_class: None });
+                    out.push(NltConfig { imbalance, noise, kind, seed, ..NltConfig::default() });
                 }
             }
         }
-        out.push(Draw { imbalance: 1.0, noise: 0.3, kind: NoiseKind::Sym, seed, n_max: None, test_per_class: None });
+        out.push(NltConfig { imbalance: 1.0, noise: 0.3, kind: NoiseKind::Sym, seed, ..NltConfig::default() });
     }
     out
 }
 
 /// One small draw (300 head-class images, 20 test images per class).
-pub fn quick_grid() -> Vec<Draw> {
-    vec![Draw { imbalance: 10.0, noise: 0.3, kind: NoiseKind::Uniform, seed: 0, n_max: Some(300), test_per_class: Some(20) }]
+pub fn quick_grid() -> Vec<NltConfig> {
+    vec![NltConfig { imbalance: 10.0, noise: 0.3, kind: NoiseKind::Uniform, n_max: Some(300), test_per_class: Some(20), ..NltConfig::default() }]
 }
 
 /// A training budget small enough for [`quick_grid`].
@@ -78,7 +59,7 @@ pub fn quick_config() -> TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchRow {
     /// The draw.
-    pub draw: Draw,
+    pub draw: NltConfig,
     /// The method.
     pub method: Method,
     /// Round (1 for the baselines).
@@ -99,7 +80,7 @@ pub struct BenchRow {
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     source: &dyn Source,
-    draws: &[Draw],
+    draws: &[NltConfig],
     methods: &[Method],
     base: &TrainConfig,
     work: &Path,
@@ -111,18 +92,9 @@ pub fn run(
     std::fs::create_dir_all(work).map_err(|e| Error::io("creating", work, e))?;
     let mut rows = Vec::new();
     for draw in draws {
-        let path = work.join(format!("{}.zip", draw.name()));
+        let path = work.join(format!("{}.zip", draw_name(draw)));
         if !path.exists() {
-            let cfg = NltConfig {
-                imbalance: draw.imbalance,
-                noise: draw.noise,
-                kind: draw.kind,
-                seed: draw.seed,
-                n_max: draw.n_max,
-                test_per_class: draw.test_per_class,
-                pair_map: None,
-            };
-            make_nlt(source, &cfg, &path, &mut |_, _| {})?;
+            make_nlt(source, draw, &path, &mut |_, _| {})?;
         }
         let bundle = BundleSource::open(&path)?;
         let (train, test) = load_train_test(&bundle, base.input_size, &mut |_, _, _| {})?;
@@ -161,7 +133,7 @@ pub fn table(rows: &[BenchRow]) -> String {
         let d = &r.detection;
         s += &format!(
             "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} / {} | {} | {} | {:.0} |\n",
-            r.draw.name(),
+            draw_name(&r.draw),
             r.method.as_str(),
             r.round,
             d.precision,

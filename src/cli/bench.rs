@@ -3,7 +3,7 @@
 use super::term::TermProgress;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use h2e::bench::{grid, quick_config, quick_grid, run, table};
+use h2e::bench::{draw_name, grid, quick_config, quick_grid, run, table};
 use h2e::data::open_source;
 use h2e::device::{select, DeviceChoice};
 use h2e::train::{Method, TrainConfig};
@@ -53,7 +53,7 @@ pub fn bench(cmd: BenchCmd) -> Result<i32> {
     let source = open_source(&a.source).with_context(|| format!("cannot open data source {}", a.source.display()))?;
     let mut draws = if a.quick { quick_grid() } else { grid(&a.seeds) };
     if let Some(only) = &a.only {
-        draws.retain(|d| d.name().contains(only.as_str()));
+        draws.retain(|d| draw_name(d).contains(only.as_str()));
     }
     let mut cfg = if a.quick { quick_config() } else { TrainConfig::default() };
     cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
@@ -74,7 +74,7 @@ pub fn bench(cmd: BenchCmd) -> Result<i32> {
         &mut |r| {
             eprintln!(
                 "{} {} round {}: F1 {:.3} (head {:.3}, tail {:.3}), {:.0} s",
-                r.draw.name(),
+                draw_name(&r.draw),
                 r.method.as_str(),
                 r.round,
                 r.detection.f1,
