@@ -40,7 +40,7 @@ use crate::progress::{Event, Progress};
 use crate::score::{self, OperatingPoint, Rule, SampleScore};
 
 /// Default number of images decoded and scored together.
-pub const DEFAULT_BATCH: usize = 256;
+pub const DEFAULT_BATCH: usize = 512;
 
 /// Columns of the CSV report, in order.
 pub const CSV_COLUMNS: [&str; 6] = ["path", "given_label", "predicted_label", "label_score", "is_label_issue", "error"];
@@ -494,4 +494,37 @@ mod tests {
         assert!(FilterOptions { batch_size: 0, ..Default::default() }.validate().is_err());
         assert!(FilterOptions { max_flag_rate: Some(1.5), ..Default::default() }.validate().is_err());
     }
+}
+
+/// Noise-detection quality of a filter run against the ground truth the
+/// source carries (NLT bundles), per split: `(split, metrics)` for every
+/// split whose scored, labelled rows all have a known true label. Empty
+/// when the source has no ground truth.
+pub fn evaluate(report: &FilterReport, src: &dyn Source) -> Result<Vec<(crate::data::Split, crate::metrics::DetectionMetrics)>> {
+    use std::collections::HashMap;
+    let by_path: HashMap<&str, &crate::data::SampleMeta> = src.samples().iter().map(|s| (s.path.as_str(), s)).collect();
+    let classes = src.classes().len();
+    let mut out = Vec::new();
+    for split in crate::data::Split::ALL {
+        let (mut flagged, mut score, mut truth, mut labels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut complete = true;
+        for row in &report.rows {
+            let (Some(meta), Some(noise)) = (by_path.get(row.path.as_str()), row.noise_score) else { continue };
+            if meta.split != split || row.given_label.is_empty() {
+                continue;
+            }
+            let Some(t) = meta.true_label else {
+                complete = false;
+                break;
+            };
+            flagged.push(row.is_label_issue);
+            score.push(noise);
+            truth.push(t != meta.label);
+            labels.push(meta.label);
+        }
+        if complete && !labels.is_empty() {
+            out.push((split, crate::metrics::detection_metrics(&flagged, &score, &truth, &labels, classes)?));
+        }
+    }
+    Ok(out)
 }

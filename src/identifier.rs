@@ -285,6 +285,20 @@ impl Identifier {
         kernels::score(raw, l, &self.config.tau, &self.log_prior())?.to_samples()
     }
 
+    /// Adjusted class probabilities `softmax(z - tau * log pi)` of a packed
+    /// batch, row-major `[n, classes]`.
+    pub fn probabilities(&self, batch: &PackedBatch) -> Result<Vec<f32>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = kernels::preprocess(&self.device, batch, &self.params())?;
+        let raw = self.head.raw(self.net.backbone.forward(x));
+        let c = self.config.classes.len();
+        let shift: Vec<f32> = self.config.tau.iter().zip(self.log_prior()).map(|(t, l)| t * l).collect();
+        let shift = Tensor::<1>::from_data(TensorData::new(shift, [c]), &self.device);
+        read_f32(burn::tensor::activation::softmax(raw - shift.unsqueeze_dim::<2>(0), 1), "probabilities")
+    }
+
     /// Scores a whole in-memory set (already at the identifier's size) and
     /// applies `op` (the bundle's default when `None`).
     pub fn score_set(&self, set: &TensorSet, op: Option<&OperatingPoint>) -> Result<Scores> {

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod nlt;
 pub mod progress;
+pub mod report;
 pub mod rng;
 pub mod score;
 pub mod train;

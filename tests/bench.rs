@@ -63,6 +63,21 @@ fn train_then_eval_through_the_binary() {
     }
     assert!(round["tail"]["f1"].as_f64().is_some() && round["head"]["f1"].as_f64().is_some());
     assert!(v.get("test_accuracy").is_some());
+    // Filtering the training data again reports against its ground truth.
+    let data = t.path().join("default.zip");
+    std::fs::write(&data, h2e::embedded::DEFAULT_BUNDLE).unwrap();
+    let csv = t.path().join("r.csv");
+    let o = h2e(&["filter", id.to_str().unwrap(), data.to_str().unwrap(), "--device", "cpu", "--report", csv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let src = h2e::bundle::BundleSource::open(&data).unwrap();
+    use h2e::data::Source;
+    let train: Vec<_> = src.samples().iter().filter(|s| s.split == h2e::data::Split::Train).collect();
+    let noisy = train.iter().filter(|s| s.true_label != Some(s.label)).count();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("ground truth (train: {} samples, {noisy} noisy)", train.len())), "{err}");
+    assert!(err.contains("ground truth (test: "), "{err}");
+    std::fs::remove_file(&csv).unwrap();
+    std::fs::remove_file(&data).unwrap();
     // Bad input: a missing data file and an unknown device are clear errors, nothing written.
     let o = h2e(&["train", "/no/such/data.zip", "--device", "cpu", "-o", t.path().join("x.zip").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));

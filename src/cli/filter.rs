@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use h2e::data::open_source;
 use h2e::device::{select, DeviceChoice};
-use h2e::filter::{filter_source, FilterOptions, FilterReport, Shard, UnknownClass, DEFAULT_BATCH};
+use h2e::filter::{evaluate, filter_source, FilterOptions, FilterReport, Shard, UnknownClass, DEFAULT_BATCH};
 use h2e::fsutil::AtomicFile;
 use h2e::identifier::Identifier;
 use std::io::Write;
@@ -25,6 +25,9 @@ pub struct FilterArgs {
     /// Write the report as JSON lines (the CSV's fields plus noise_score).
     #[arg(long)]
     pub jsonl: Option<PathBuf>,
+    /// Also write a self-contained HTML page: summary, per-class bars and the most suspicious images per class.
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
     /// Flag when the noise score (1 - label_score) reaches this value instead of the identifier's rule.
     #[arg(long)]
     pub threshold: Option<f32>,
@@ -76,6 +79,7 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     opts.validate()?;
     let csv = a.report.as_deref().map(create).transpose()?;
     let jsonl = a.jsonl.as_deref().map(create).transpose()?;
+    let html = a.html.as_deref().map(create).transpose()?;
     let selected = select(a.device)?;
     eprintln!("device: {}", selected.description);
     let id = Identifier::open(&a.identifier, selected.device)
@@ -95,6 +99,9 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
             }
         }
     }
+    if let Some(f) = html {
+        super::report::write_html(f, &report, src.as_ref(), h2e::report::DEFAULT_TOP_K)?;
+    }
     let n = report.rows.len();
     eprintln!(
         "filter{}: {n} samples, {} flagged, {} errors, {:.0} images/s",
@@ -103,5 +110,19 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
         report.errors(),
         n as f64 / report.seconds.max(1e-9)
     );
+    for (split, m) in evaluate(&report, src.as_ref())? {
+        eprintln!(
+            "ground truth ({}: {} samples, {} noisy): precision {:.3} recall {:.3} F1 {:.3} (head {:.3}, tail {:.3}), AUROC {}",
+            split.as_str(),
+            m.samples,
+            m.noisy,
+            m.precision,
+            m.recall,
+            m.f1,
+            m.head.f1,
+            m.tail.f1,
+            m.auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
+        );
+    }
     Ok(0)
 }

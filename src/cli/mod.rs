@@ -5,6 +5,7 @@ mod bench;
 mod data;
 mod filter;
 mod model;
+mod report;
 mod term;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,10 @@ pub enum Command {
     Eval(model::EvalArgs),
     /// Apply a saved identifier to new data and report suspected label issues.
     Filter(filter::FilterArgs),
+    /// Render a filter report as one self-contained HTML page with thumbnails.
+    Report(report::ReportArgs),
+    /// Merge the reports of a sharded filter run into the unsharded report.
+    Merge(report::MergeArgs),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -50,6 +55,8 @@ pub fn main() -> i32 {
         Command::Train(args) => model::train(args),
         Command::Eval(args) => model::eval(args),
         Command::Filter(args) => filter::filter(args),
+        Command::Report(args) => report::report(args),
+        Command::Merge(args) => report::merge(args),
     };
     match result {
         Ok(code) => code,
