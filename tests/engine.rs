@@ -358,3 +358,23 @@ fn weights_written_from_a_training_module_match_its_validation_forward() {
         .to_string();
     assert!(e.contains("w.safetensors") && e.contains("expected F32"), "{e}");
 }
+
+#[test]
+fn identifiers_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Identifier>();
+    // And really used from several threads at once.
+    let set = synthetic(12);
+    let t = run(&Device::flex(), TrainConfig { epochs: 1, ..tiny(Method::Ce) }, &set);
+    let id = std::sync::Arc::new(Identifier::from_trained(t, &set, Device::flex()).unwrap());
+    let want = id.score_set(&set, None).unwrap();
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (id, set) = (id.clone(), set.clone());
+            std::thread::spawn(move || id.score_set(&set, None).unwrap())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().flagged, want.flagged);
+    }
+}
