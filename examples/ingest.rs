@@ -73,12 +73,12 @@ fn check(id: &Identifier, op: &OperatingPoint, bytes: &[u8], name: &str, label: 
     let mut batch = PackedBatch::new(id.channels())?;
     batch.push(s, s, &image.pixels)?;
     let score = id.score_batch(&batch, &[Some(label)])?[0];
-    let flagged = score::apply(&[score], &[label], id.classes().len(), op).flagged[0];
+    let flagged = score::apply(&[score], None, &[label], id.classes().len(), op)?.flagged[0];
     let predicted = id.classes()[score.pred].clone();
     let reason = match (flagged, op.rule) {
         (false, _) => String::new(),
         (true, Rule::Threshold(t)) => format!("noise score {:.3} >= {t}", score.noise_score),
-        (true, Rule::Argmax) => format!("looks like {predicted}"),
+        (true, _) => format!("looks like {predicted}"),
     };
     Ok((!flagged, predicted, score.noise_score, reason))
 }
@@ -103,9 +103,14 @@ fn main() -> Result<()> {
     }
     let device = select(a.device)?;
     let id = Identifier::open(&a.identifier, device.device).with_context(|| format!("cannot open identifier {}", a.identifier.display()))?;
-    // Per-image decisions: the rule alone, no global caps.
-    let base = id.config().operating_point;
-    let op = OperatingPoint { rule: a.threshold.map_or(base.rule, Rule::Threshold), max_flag_rate: None, min_per_class: 0 };
+    // Per-image decisions: the rule alone, no global caps. Confident
+    // learning decides over a whole set, so one image at a time it becomes
+    // the argmax rule.
+    let base = match id.config().operating_point.rule {
+        Rule::ConfidentLearning => Rule::Argmax,
+        rule => rule,
+    };
+    let op = OperatingPoint { rule: a.threshold.map_or(base, Rule::Threshold), max_flag_rate: None, min_per_class: 0 };
     let existed = a.out.exists();
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let canon = |p: &Path| p.canonicalize().with_context(|| format!("cannot open {}", p.display()));

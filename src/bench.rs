@@ -64,6 +64,8 @@ pub struct BenchRow {
     pub method: Method,
     /// Round (1 for the baselines).
     pub round: usize,
+    /// Operating point of the h2e flags (`None`: the method's own rule).
+    pub operating_point: Option<String>,
     /// Noise detection against the ground truth.
     pub detection: DetectionMetrics,
     /// Stage-2 classifier on the clean test split (final round only).
@@ -106,17 +108,22 @@ pub fn run(
             let last = trained.report.rounds.len();
             for r in &trained.report.rounds {
                 let Some(detection) = r.metrics.clone() else { continue };
-                let row = BenchRow {
-                    draw: draw.clone(),
-                    method,
-                    round: r.round,
-                    detection,
-                    classifier: if r.round == last { trained.report.classifier.clone() } else { None },
-                    seconds,
-                    backend: backend.to_string(),
-                };
-                on_row(&row);
-                rows.push(row);
+                let mut variants = vec![(None, detection)];
+                variants.extend(r.operating_points.iter().map(|(name, m)| (Some(name.clone()), m.clone())));
+                for (operating_point, detection) in variants {
+                    let row = BenchRow {
+                        draw: draw.clone(),
+                        method,
+                        round: r.round,
+                        operating_point,
+                        detection,
+                        classifier: if r.round == last { trained.report.classifier.clone() } else { None },
+                        seconds,
+                        backend: backend.to_string(),
+                    };
+                    on_row(&row);
+                    rows.push(row);
+                }
             }
         }
     }
@@ -126,15 +133,16 @@ pub fn run(
 /// A markdown table of `rows`.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
-        "| draw | method | round | P | R | F1 | F1 head | F1 tail | AUROC | flagged / noisy | bal. acc | few-shot acc | s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| draw | method | operating point | round | P | R | F1 | F1 head | F1 tail | AUROC | flagged / noisy | bal. acc | few-shot acc | s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
     for r in rows {
         let d = &r.detection;
         s += &format!(
-            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} / {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} / {} | {} | {} | {:.0} |\n",
             draw_name(&r.draw),
             r.method.as_str(),
+            r.operating_point.as_deref().unwrap_or("default"),
             r.round,
             d.precision,
             d.recall,

@@ -123,6 +123,8 @@ pub struct FilterOptions {
     /// Flag when `noise_score >= threshold` (= `label_score <= 1 - threshold`)
     /// instead of the identifier's rule.
     pub threshold: Option<f32>,
+    /// Flagging rule instead of the identifier's (`threshold` wins over it).
+    pub rule: Option<Rule>,
     /// Flag at most this fraction of the scored labelled samples.
     pub max_flag_rate: Option<f32>,
     /// Never flag so many samples of a class that fewer than this many stay.
@@ -138,6 +140,7 @@ impl Default for FilterOptions {
         FilterOptions {
             batch_size: DEFAULT_BATCH,
             threshold: None,
+            rule: None,
             max_flag_rate: None,
             min_per_class: None,
             unknown_class: UnknownClass::Error,
@@ -164,7 +167,7 @@ impl FilterOptions {
     /// `base` (an identifier's operating point) with these overrides.
     pub fn operating_point(&self, base: &OperatingPoint) -> OperatingPoint {
         OperatingPoint {
-            rule: self.threshold.map_or(base.rule, Rule::Threshold),
+            rule: self.threshold.map(Rule::Threshold).or(self.rule).unwrap_or(base.rule),
             max_flag_rate: self.max_flag_rate.or(base.max_flag_rate),
             min_per_class: self.min_per_class.unwrap_or(base.min_per_class),
         }
@@ -268,6 +271,8 @@ pub struct Filter<'a> {
     rows: Vec<FilterRow>,
     /// Row, score and label of every scored labelled sample.
     scored: Vec<(usize, SampleScore, usize)>,
+    /// Their adjusted probabilities, when the operating point needs them.
+    probs: Vec<f32>,
 }
 
 impl<'a> Filter<'a> {
@@ -277,7 +282,7 @@ impl<'a> Filter<'a> {
             return Err(Error::Argument("batch size must be positive".into()));
         }
         let batch = PackedBatch::new(id.channels())?;
-        Ok(Filter { id, op, batch_size, batch, pending: Vec::new(), rows: Vec::new(), scored: Vec::new() })
+        Ok(Filter { id, op, batch_size, batch, pending: Vec::new(), rows: Vec::new(), scored: Vec::new(), probs: Vec::new() })
     }
 
     /// Adds a sample. `label` indexes the identifier's classes (`None`:
@@ -343,14 +348,19 @@ impl<'a> Filter<'a> {
         }
         let batch = std::mem::replace(&mut self.batch, PackedBatch::new(self.id.channels())?);
         let labels: Vec<Option<usize>> = self.pending.iter().map(|p| p.1).collect();
-        let scores = self.id.score_batch(&batch, &labels)?;
-        for ((row, label), s) in self.pending.drain(..).zip(scores) {
+        let want = self.op.rule.needs_probabilities();
+        let (scores, probs) = self.id.score_batch_with(&batch, &labels, want)?;
+        let classes = self.id.classes().len();
+        for (j, ((row, label), s)) in self.pending.drain(..).zip(scores).enumerate() {
             let r = &mut self.rows[row];
             r.predicted_label = self.id.classes()[s.pred].clone();
             r.label_score = Some(s.prob_label);
             r.noise_score = Some(s.noise_score);
             if let Some(l) = label {
                 self.scored.push((row, s, l));
+                if let Some(p) = &probs {
+                    self.probs.extend_from_slice(&p[j * classes..(j + 1) * classes]);
+                }
             }
         }
         Ok(())
@@ -362,7 +372,8 @@ impl<'a> Filter<'a> {
         self.flush()?;
         let per: Vec<SampleScore> = self.scored.iter().map(|s| s.1).collect();
         let labels: Vec<usize> = self.scored.iter().map(|s| s.2).collect();
-        let flags = score::apply(&per, &labels, self.id.classes().len(), &self.op).flagged;
+        let probs = self.op.rule.needs_probabilities().then_some(self.probs.as_slice());
+        let flags = score::apply(&per, probs, &labels, self.id.classes().len(), &self.op)?.flagged;
         for (&(row, ..), flag) in self.scored.iter().zip(flags) {
             self.rows[row].is_label_issue = flag;
         }

@@ -261,6 +261,18 @@ impl Identifier {
     /// device). `labels[i]` is the given label of sample `i`, or `None`
     /// when unlabelled (the score is then `1 - max p`).
     pub fn score_batch(&self, batch: &PackedBatch, labels: &[Option<usize>]) -> Result<Vec<SampleScore>> {
+        Ok(self.score_batch_with(batch, labels, false)?.0)
+    }
+
+    /// [`score_batch`](Self::score_batch) and, with `probabilities`, the
+    /// adjusted probability matrix (row-major `[n, classes]`) from the same
+    /// forward pass.
+    pub fn score_batch_with(
+        &self,
+        batch: &PackedBatch,
+        labels: &[Option<usize>],
+        probabilities: bool,
+    ) -> Result<(Vec<SampleScore>, Option<Vec<f32>>)> {
         if labels.len() != batch.len() {
             return Err(Error::Argument(format!("{} labels for a batch of {}", labels.len(), batch.len())));
         }
@@ -276,40 +288,44 @@ impl Identifier {
             return Err(Error::Argument(format!("label {l} is not below the identifier's {classes} classes")));
         }
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), probabilities.then(Vec::new)));
         }
         let x = kernels::preprocess(&self.device, batch, &self.params())?;
         let raw = self.head.raw(self.net.backbone.forward(x));
+        let lp = self.log_prior();
+        let probs = if probabilities {
+            Some(score::adjusted_probabilities(&read_f32(raw.clone(), "logits")?, classes, &self.config.tau, &lp))
+        } else {
+            None
+        };
         let l: Vec<i64> = labels.iter().map(|l| l.map_or(-1, |l| l as i64)).collect();
         let l = Tensor::<1, Int>::from_data(TensorData::new(l, [labels.len()]), &self.device);
-        kernels::score(raw, l, &self.config.tau, &self.log_prior())?.to_samples()
+        Ok((kernels::score(raw, l, &self.config.tau, &lp)?.to_samples()?, probs))
     }
 
     /// Adjusted class probabilities `softmax(z - tau * log pi)` of a packed
     /// batch, row-major `[n, classes]`.
     pub fn probabilities(&self, batch: &PackedBatch) -> Result<Vec<f32>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let x = kernels::preprocess(&self.device, batch, &self.params())?;
-        let raw = self.head.raw(self.net.backbone.forward(x));
-        let c = self.config.classes.len();
-        let shift: Vec<f32> = self.config.tau.iter().zip(self.log_prior()).map(|(t, l)| t * l).collect();
-        let shift = Tensor::<1>::from_data(TensorData::new(shift, [c]), &self.device);
-        read_f32(burn::tensor::activation::softmax(raw - shift.unsqueeze_dim::<2>(0), 1), "probabilities")
+        let labels = vec![None; batch.len()];
+        Ok(self.score_batch_with(batch, &labels, true)?.1.unwrap_or_default())
     }
 
     /// Scores a whole in-memory set (already at the identifier's size) and
     /// applies `op` (the bundle's default when `None`).
     pub fn score_set(&self, set: &TensorSet, op: Option<&OperatingPoint>) -> Result<Scores> {
+        let op = op.unwrap_or(&self.config.operating_point);
+        let want = op.rule.needs_probabilities();
         let mut per = Vec::with_capacity(set.len());
+        let mut probs = Vec::new();
         let all: Vec<usize> = (0..set.len()).collect();
         for chunk in all.chunks(512) {
             let batch = PackedBatch::from_set(set, chunk)?;
             let labels: Vec<Option<usize>> = chunk.iter().map(|&i| Some(set.labels[i])).collect();
-            per.extend(self.score_batch(&batch, &labels)?);
+            let (s, p) = self.score_batch_with(&batch, &labels, want)?;
+            per.extend(s);
+            probs.extend(p.unwrap_or_default());
         }
-        Ok(score::apply(&per, &set.labels, self.config.classes.len(), op.unwrap_or(&self.config.operating_point)))
+        score::apply(&per, want.then_some(probs.as_slice()), &set.labels, self.config.classes.len(), op)
     }
 
     /// Predictions of the stage-2 classifier for a packed batch.

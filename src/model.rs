@@ -245,3 +245,48 @@ impl Head {
         self.raw(f) - shift
     }
 }
+
+/// Re-initialises every weight of `module` from `seed` with h2e's own
+/// generator, independent of Burn's process-wide one (which other threads
+/// may draw from at any time): the same seed gives the same network
+/// whatever else the process does. Weights with two or more dimensions
+/// (and the bias that follows one) get Burn's default Kaiming-uniform
+/// bound `1 / sqrt(fan_in)`; 1-D tensors that are not biases (batch
+/// norm's scale, shift and statistics) keep their constant values.
+pub fn seeded<M: Module>(module: M, seed: u64) -> M {
+    struct Init {
+        rng: crate::rng::Rng,
+        names: Vec<String>,
+        fan_in: usize,
+    }
+    impl burn::module::ModuleMapper for Init {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.names.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.names.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let is_bias = self.names.last().is_some_and(|n| n == "bias");
+            param.map(|old| {
+                let dims = old.dims();
+                if D >= 2 {
+                    // [out, in, k...] for convolutions, [in, out] for Burn's linear layers.
+                    self.fan_in = if D == 2 { dims[0] } else { dims[1..].iter().product() };
+                } else if !is_bias {
+                    return old;
+                }
+                let bound = 1.0 / (self.fan_in.max(1) as f64).sqrt();
+                let n: usize = dims.iter().product();
+                let values: Vec<f32> = (0..n).map(|_| ((2.0 * self.rng.f64() - 1.0) * bound) as f32).collect();
+                let fresh = Tensor::<D>::from_data(TensorData::new(values, dims.to_vec()), &old.device());
+                if old.is_require_grad() {
+                    fresh.require_grad()
+                } else {
+                    fresh
+                }
+            })
+        }
+    }
+    module.map(&mut Init { rng: crate::rng::Rng::derive(seed, 0x1417), names: Vec::new(), fan_in: 1 })
+}

@@ -14,6 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+
 /// Weight given to flagged samples.
 pub const NOISE_WEIGHT: f32 = 0.01;
 
@@ -63,6 +65,35 @@ pub enum Rule {
     Argmax,
     /// Flag when `noise_score >= threshold`.
     Threshold(f32),
+    /// Per-class decisions: confident learning's per-class thresholds,
+    /// confident joint and prune-by-noise-rate (cleanlab's defaults),
+    /// computed from the identifier's *adjusted* probabilities of the
+    /// scored set instead of ordinary ones. Needs the full probability
+    /// matrix.
+    ConfidentLearning,
+}
+
+impl Rule {
+    /// Whether deciding needs the full `[n, classes]` probability matrix.
+    pub fn needs_probabilities(&self) -> bool {
+        matches!(self, Rule::ConfidentLearning)
+    }
+}
+
+impl std::str::FromStr for Rule {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Rule> {
+        match s {
+            "argmax" => Ok(Rule::Argmax),
+            "confident-learning" | "cl" => Ok(Rule::ConfidentLearning),
+            t => match t.strip_prefix("threshold=").map(str::parse::<f32>) {
+                Some(Ok(v)) if (0.0..=1.0).contains(&v) => Ok(Rule::Threshold(v)),
+                _ => Err(crate::Error::Argument(format!(
+                    "unknown operating point {s:?}; expected argmax, confident-learning or threshold=T with T in [0, 1]"
+                ))),
+            },
+        }
+    }
 }
 
 /// Operating point: the rule plus caps.
@@ -97,17 +128,20 @@ pub struct Scores {
 }
 
 /// Decides flags and weights for per-sample scores of samples with `labels`
-/// (`classes` classes) under `op`.
-pub fn apply(per: &[SampleScore], labels: &[usize], classes: usize, op: &OperatingPoint) -> Scores {
-    let flagged: Vec<bool> = per
-        .iter()
-        .zip(labels)
-        .map(|(s, &l)| match op.rule {
-            Rule::Argmax => s.pred != l,
-            Rule::Threshold(t) => s.noise_score >= t,
-        })
-        .collect();
-    apply_caps(per, flagged, labels, classes, op)
+/// (`classes` classes) under `op`. `probs` is the row-major adjusted
+/// probability matrix, needed only when [`Rule::needs_probabilities`].
+pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], classes: usize, op: &OperatingPoint) -> Result<Scores> {
+    let flagged: Vec<bool> = match op.rule {
+        Rule::Argmax => per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect(),
+        Rule::Threshold(t) => per.iter().map(|s| s.noise_score >= t).collect(),
+        Rule::ConfidentLearning => {
+            let probs = probs.ok_or_else(|| {
+                Error::Argument("the confident-learning operating point needs the adjusted probabilities".into())
+            })?;
+            crate::baselines::confident_learning(probs, labels, classes)?.detection.flagged
+        }
+    };
+    Ok(apply_caps(per, flagged, labels, classes, op))
 }
 
 /// Applies `op`'s caps (maximum flag rate, minimum kept per class) to flags
@@ -158,6 +192,20 @@ pub fn apply_caps(per: &[SampleScore], mut flagged: Vec<bool>, labels: &[usize],
     Scores { pred: per.iter().map(|s| s.pred).collect(), noise_score: per.iter().map(|s| s.noise_score).collect(), flagged, weight }
 }
 
+/// `softmax(z - tau * log_prior)` of every row of a row-major `[n, classes]`
+/// logits buffer (max-subtracted, as [`per_sample`]).
+pub fn adjusted_probabilities(logits: &[f32], classes: usize, tau: &[f32], log_prior: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(logits.len());
+    for row in logits.chunks_exact(classes) {
+        let adj: Vec<f32> = (0..classes).map(|k| row[k] - tau[k] * log_prior[k]).collect();
+        let m = adj.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = adj.iter().map(|a| (a - m).exp()).collect();
+        let sum: f32 = e.iter().sum();
+        out.extend(e.iter().map(|v| v / sum));
+    }
+    out
+}
+
 /// Convenience: [`per_sample`] over a row-major `[n, classes]` logits
 /// buffer, then [`apply`].
 pub fn score_logits(
@@ -167,10 +215,10 @@ pub fn score_logits(
     tau: &[f32],
     log_prior: &[f32],
     op: &OperatingPoint,
-) -> Scores {
+) -> Result<Scores> {
     let per: Vec<SampleScore> =
         logits.chunks_exact(classes).zip(labels).map(|(row, &l)| per_sample(row, Some(l), tau, log_prior)).collect();
-    apply(&per, labels, classes, op)
+    apply(&per, Some(&adjusted_probabilities(logits, classes, tau, log_prior)), labels, classes, op)
 }
 
 #[cfg(test)]
@@ -201,18 +249,44 @@ mod tests {
         let logits = [5.0, 0.0, 0.0, 5.0, 0.0, 5.0, 1.0, 0.0];
         let labels = [0, 0, 0, 1];
         let zero = [0.0; 2];
-        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { min_per_class: 0, ..Default::default() });
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { min_per_class: 0, ..Default::default() }).unwrap();
         assert_eq!(s.flagged, vec![false, true, true, true]);
         assert_eq!(s.weight[1], NOISE_WEIGHT);
         assert_eq!(s.weight[0], 1.0);
         // Class 1 has one sample: min_per_class 1 keeps it.
-        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint::default());
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint::default()).unwrap();
         assert!(!s.flagged[3]);
         // Rate cap 0.25 of 4 samples: one flag, the highest score.
         let op = OperatingPoint { max_flag_rate: Some(0.25), min_per_class: 0, ..Default::default() };
-        let s = score_logits(&logits, 2, &labels, &zero, &zero, &op);
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
         assert_eq!(s.flagged.iter().filter(|&&f| f).count(), 1);
         let top = (0..4).max_by(|&a, &b| s.noise_score[a].total_cmp(&s.noise_score[b]).then(b.cmp(&a))).unwrap();
         assert!(s.flagged[top]);
+    }
+
+    #[test]
+    fn confident_learning_rule_needs_and_uses_the_probabilities() {
+        // Class 0: 6 samples, class 1: 4; sample 2 looks like class 1.
+        let logits: Vec<f32> = [
+            [4.0, 0.0], [3.5, 0.2], [0.1, 3.0], [3.9, 0.1], [4.2, 0.0], [3.0, 0.5],
+            [0.0, 3.0], [0.3, 2.5], [0.1, 3.3], [0.0, 2.9],
+        ]
+        .concat();
+        let labels = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
+        let zero = [0.0; 2];
+        let op = OperatingPoint { rule: Rule::ConfidentLearning, min_per_class: 0, ..Default::default() };
+        let per: Vec<SampleScore> = logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &zero, &zero)).collect();
+        assert!(apply(&per, None, &labels, 2, &op).is_err());
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
+        let probs = adjusted_probabilities(&logits, 2, &zero, &zero);
+        let want = crate::baselines::confident_learning(&probs, &labels, 2).unwrap().detection.flagged;
+        assert_eq!(s.flagged, want);
+        assert!(s.flagged[2] && s.flagged.iter().filter(|&&f| f).count() == 1, "{:?}", s.flagged);
+        // Rows of the adjusted probabilities sum to one and follow the shift.
+        let p = adjusted_probabilities(&[0.0, 0.0], 2, &[1.0, 1.0], &[(0.9f32).ln(), (0.1f32).ln()]);
+        assert!((p[0] + p[1] - 1.0).abs() < 1e-6 && p[1] > 0.85);
+        assert_eq!("cl".parse::<Rule>().unwrap(), Rule::ConfidentLearning);
+        assert_eq!("threshold=0.7".parse::<Rule>().unwrap(), Rule::Threshold(0.7));
+        assert!("threshold=2".parse::<Rule>().is_err() && "median".parse::<Rule>().is_err());
     }
 }

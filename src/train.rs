@@ -25,7 +25,7 @@ use crate::metrics::{self, AccuracyMetrics, DetectionMetrics};
 use crate::model::{BackboneKind, Head, Net};
 use crate::progress::{Event, Progress};
 use crate::rng::Rng;
-use crate::score::{self, OperatingPoint, SampleScore, Scores};
+use crate::score::{self, OperatingPoint, Rule, SampleScore, Scores};
 
 /// Which detector to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -223,6 +223,10 @@ pub struct RoundReport {
     pub seconds: f64,
     /// Detection quality when ground truth exists.
     pub metrics: Option<DetectionMetrics>,
+    /// Detection quality of every operating point on the same scores
+    /// (h2e rounds with ground truth): `(rule name, metrics)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operating_points: Vec<(String, DetectionMetrics)>,
 }
 
 /// What a run did and measured; saved as `report.json` in the bundle.
@@ -436,8 +440,7 @@ impl<'a> Engine<'a> {
         let mut model = match start {
             Some(net) => net,
             None => {
-                ad.seed(seed);
-                Net::new(self.kind(), self.channels, self.size, self.classes, &ad)
+                crate::model::seeded(Net::new(self.kind(), self.channels, self.size, self.classes, &ad), seed)
             }
         };
         let mut optim = sgd(cfg.momentum, cfg.weight_decay, None);
@@ -684,18 +687,32 @@ impl<'a> Engine<'a> {
 
     /// Scores every sample of `set` with a head: adjusted logits, softmax,
     /// argmax and noise score (our fused WGSL kernel on wgpu).
-    pub fn score_all(&self, net: &Net, head: &Head, set: &TensorSet, log_prior: &[f32], name: &str) -> Result<Vec<SampleScore>> {
+    /// With `probabilities`, also returns the adjusted probability matrix.
+    pub fn score_all(
+        &self,
+        net: &Net,
+        head: &Head,
+        set: &TensorSet,
+        log_prior: &[f32],
+        name: &str,
+        probabilities: bool,
+    ) -> Result<(Vec<SampleScore>, Option<Vec<f32>>)> {
         let all: Vec<usize> = (0..set.len()).collect();
         let f = self.features(net, set, &all, name)?;
         let tau = read_f32(head.tau.val(), "tau")?;
-        let out = kernels::score(head.raw(f), int_tensor(&set.labels, &self.device), &tau, log_prior)?;
+        let raw = head.raw(f);
+        let probs = match probabilities {
+            true => Some(score::adjusted_probabilities(&read_f32(raw.clone(), "logits")?, self.classes, &tau, log_prior)),
+            false => None,
+        };
+        let out = kernels::score(raw, int_tensor(&set.labels, &self.device), &tau, log_prior)?;
         let per = out.to_samples()?;
         if per.iter().any(|s| !s.noise_score.is_finite()) {
             return Err(Error::Train(format!(
                 "{name}: the identifier produced non-finite scores; lower --identifier-lr or --irm-lambda"
             )));
         }
-        Ok(per)
+        Ok((per, probs))
     }
 
     fn round_report(&self, set: &TensorSet, round: usize, train: usize, scores: &Scores, tau: Vec<f32>, t: Instant) -> Result<RoundReport> {
@@ -717,7 +734,21 @@ impl<'a> Engine<'a> {
             tau,
             seconds: t.elapsed().as_secs_f64(),
             metrics,
+            operating_points: Vec::new(),
         })
+    }
+
+    /// Metrics of each operating point's flags (the configured caps kept)
+    /// on one round's scores.
+    fn operating_points(&self, set: &TensorSet, per: &[SampleScore], probs: &[f32]) -> Result<Vec<(String, DetectionMetrics)>> {
+        let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for (name, rule) in [("argmax", Rule::Argmax), ("confident-learning", Rule::ConfidentLearning)] {
+            let op = OperatingPoint { rule, ..self.config.operating_point };
+            let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
+            out.push((name.to_string(), metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &set.labels, self.classes)?));
+        }
+        Ok(out)
     }
 
     /// Runs the configured method on `train`; with `test` and
@@ -740,9 +771,15 @@ impl<'a> Engine<'a> {
                     let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
                     let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
                     let head = self.train_head(&net, train, &keep, &lp, seed, &format!("round {r}/{} identifier", cfg.rounds))?;
-                    let per = self.score_all(&net.valid(), &head, train, &lp, &format!("round {r}/{} scoring", cfg.rounds))?;
-                    let scores = score::apply(&per, &train.labels, self.classes, &cfg.operating_point);
-                    rounds.push(self.round_report(train, r, keep.len(), &scores, read_f32(head.tau.val(), "tau")?, t)?);
+                    let want = cfg.operating_point.rule.needs_probabilities() || train.true_labels.is_some();
+                    let name = format!("round {r}/{} scoring", cfg.rounds);
+                    let (per, probs) = self.score_all(&net.valid(), &head, train, &lp, &name, want)?;
+                    let scores = score::apply(&per, probs.as_deref(), &train.labels, self.classes, &cfg.operating_point)?;
+                    let mut report = self.round_report(train, r, keep.len(), &scores, read_f32(head.tau.val(), "tau")?, t)?;
+                    if let Some(p) = &probs {
+                        report.operating_points = self.operating_points(train, &per, p)?;
+                    }
+                    rounds.push(report);
                     keep = (0..train.len()).filter(|&i| !scores.flagged[i]).collect();
                     last = Some((net, head, lp, scores));
                 }

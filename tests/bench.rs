@@ -34,6 +34,8 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
         assert!((0.0..=1.0).contains(&f1));
         assert_eq!(r["backend"], "cpu");
     }
+    // h2e rounds also report each operating point.
+    assert!(rows.iter().any(|r| key(r) == ("h2e".to_string(), 1) && r["operating_point"] == "confident-learning"));
     // The final h2e round carries the stage-2 classifier's test accuracy.
     let last = rows.iter().find(|r| key(r) == ("h2e".to_string(), 2)).unwrap();
     assert!(last["classifier"]["balanced_accuracy"].as_f64().is_some());

@@ -378,3 +378,32 @@ fn identifiers_can_be_shared_between_threads() {
         assert_eq!(h.join().unwrap().flagged, want.flagged);
     }
 }
+
+#[test]
+fn seeded_initialisation_ignores_burns_global_generator() {
+    use burn::module::Module;
+    use h2e::model::{seeded, BackboneKind, Net};
+    let dev = Device::flex();
+    let weights = |global: u64| {
+        dev.seed(global);
+        let net = seeded(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &dev), 5);
+        h2e::weights::to_safetensors(&net, None).unwrap()
+    };
+    assert_eq!(weights(1), weights(2), "same seed, same network, whatever the global state");
+    let other = h2e::weights::to_safetensors(&seeded(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &dev), 6), None).unwrap();
+    assert_ne!(weights(1), other);
+    // Kaiming-uniform bound of the first convolution (fan-in 1 x 3 x 3).
+    let net = seeded(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &dev), 5);
+    struct Max(Vec<f32>);
+    impl burn::module::ModuleVisitor for Max {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            if D == 4 && self.0.is_empty() {
+                self.0 = p.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            }
+        }
+    }
+    let mut m = Max(Vec::new());
+    net.visit(&mut m);
+    let bound = 1.0 / 3.0;
+    assert!(m.0.iter().all(|v| v.abs() <= bound) && m.0.iter().any(|v| v.abs() > bound * 0.8));
+}

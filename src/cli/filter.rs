@@ -31,6 +31,9 @@ pub struct FilterArgs {
     /// Flag when the noise score (1 - label_score) reaches this value instead of the identifier's rule.
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// Flagging rule instead of the identifier's: argmax, confident-learning or threshold=T.
+    #[arg(long)]
+    pub operating_point: Option<h2e::score::Rule>,
     /// Flag at most this fraction of the samples (default: the identifier's).
     #[arg(long)]
     pub max_flag_rate: Option<f32>,
@@ -71,6 +74,7 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     let opts = FilterOptions {
         batch_size: a.batch_size,
         threshold: a.threshold,
+        rule: a.operating_point,
         max_flag_rate: a.max_flag_rate,
         min_per_class: a.min_per_class,
         unknown_class: a.unknown_class,

@@ -59,7 +59,12 @@ pub struct TrainArgs {
     /// Stage-2 epochs.
     #[arg(long, default_value_t = 5)]
     pub classifier_epochs: usize,
-    /// Flag when the noise score reaches this value instead of the argmax rule.
+    /// Flagging rule: argmax (adjusted prediction differs from the label),
+    /// confident-learning (per-class thresholds on the adjusted
+    /// probabilities) or threshold=T.
+    #[arg(long, default_value = "argmax")]
+    pub operating_point: Rule,
+    /// Flag when the noise score reaches this value (same as --operating-point threshold=T).
     #[arg(long)]
     pub threshold: Option<f32>,
     /// Flag at most this fraction of the samples.
@@ -120,7 +125,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         classifier: a.classifier,
         classifier_epochs: a.classifier_epochs,
         operating_point: OperatingPoint {
-            rule: a.threshold.map_or(Rule::Argmax, Rule::Threshold),
+            rule: a.threshold.map_or(a.operating_point, Rule::Threshold),
             max_flag_rate: a.max_flag_rate,
             min_per_class: a.min_per_class,
         },
