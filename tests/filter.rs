@@ -8,7 +8,6 @@ use h2e::data::{open_source, TensorSet};
 use h2e::filter::{filter_source, FilterOptions, FilterReport, FilterRow, Shard, UnknownClass};
 use h2e::identifier::Identifier;
 use h2e::progress::Silent;
-use h2e::rng::Rng;
 use h2e::train::{Engine, Method, TrainConfig};
 use std::path::Path;
 use std::process::Command;
@@ -18,15 +17,7 @@ const CLASSES: [&str; 3] = ["top", "middle", "bottom"];
 
 /// Three classes of 8x8 grayscale images: a bright band at the top, middle or bottom.
 fn synthetic() -> TensorSet {
-    let mut rng = Rng::new(5);
-    let mut set = TensorSet::empty(CLASSES.iter().map(|s| s.to_string()).collect(), 1, 8, 8);
-    for (label, band) in [0..3, 3..5, 5..8].into_iter().enumerate() {
-        for i in 0..16 {
-            let pixels = (0..64).map(|p| (if band.contains(&(p / 8)) { 200 } else { 30 } + rng.below(40)) as u8).collect();
-            set.push(&h2e::data::Image { width: 8, height: 8, channels: 1, pixels }, label, None, format!("{label}/{i}.png"));
-        }
-    }
-    set
+    common::bands(5, 16)
 }
 
 /// The bytes of a quickly trained identifier, built once per test binary.

@@ -5,29 +5,19 @@
 mod common;
 
 use burn::tensor::Device;
-use h2e::data::TensorSet;
 use h2e::report::read_report;
 use h2e::identifier::Identifier;
 use h2e::progress::Silent;
-use h2e::rng::Rng;
 use h2e::train::{Engine, Method, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const CLASSES: [&str; 3] = ["top", "middle", "bottom"];
 
 /// A quickly trained identifier for 8x8 images with a bright band at the
 /// top, middle or bottom, saved at `path`.
 fn train_identifier(path: &Path) {
-    let mut rng = Rng::new(5);
-    let mut set = TensorSet::empty(CLASSES.iter().map(|s| s.to_string()).collect(), 1, 8, 8);
-    for (label, band) in [0..3, 3..5, 5..8].into_iter().enumerate() {
-        for i in 0..16 {
-            let pixels = (0..64).map(|p| (if band.contains(&(p / 8)) { 200 } else { 30 } + rng.below(40)) as u8).collect();
-            set.push(&h2e::data::Image { width: 8, height: 8, channels: 1, pixels }, label, None, format!("{label}/{i}.png"));
-        }
-    }
+    let set = common::bands(5, 16);
     let cfg = TrainConfig { method: Method::Ce, epochs: 2, batch_size: 16, rounds: 1, seed: 1, ..TrainConfig::default() };
     let trained = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().run(&set, None, "test").unwrap();
     Identifier::from_trained(trained, &set, Device::flex()).unwrap().save(path).unwrap();

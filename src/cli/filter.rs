@@ -115,18 +115,7 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
         n as f64 / report.seconds.max(1e-9)
     );
     for (split, m) in evaluate(&report, src.as_ref())? {
-        eprintln!(
-            "ground truth ({}: {} samples, {} noisy): precision {:.3} recall {:.3} F1 {:.3} (head {:.3}, tail {:.3}), AUROC {}",
-            split.as_str(),
-            m.samples,
-            m.noisy,
-            m.precision,
-            m.recall,
-            m.f1,
-            m.head.f1,
-            m.tail.f1,
-            m.auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
-        );
+        eprintln!("ground truth ({}: {} samples, {} noisy): {}", split.as_str(), m.samples, m.noisy, super::term::detection_line(&m));
     }
     Ok(0)
 }

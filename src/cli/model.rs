@@ -163,15 +163,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     for r in &trained.report.rounds {
         let mut line = format!("round {}: flagged {} of {} samples", r.round, r.flagged, train.len());
         if let Some(m) = &r.metrics {
-            line += &format!(
-                "; noise detection precision {:.3} recall {:.3} F1 {:.3} (head {:.3}, tail {:.3}), AUROC {}",
-                m.precision,
-                m.recall,
-                m.f1,
-                m.head.f1,
-                m.tail.f1,
-                m.auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
-            );
+            line += &format!("; noise detection {}", super::term::detection_line(m));
         }
         eprintln!("{line}");
     }

@@ -106,3 +106,17 @@ impl Progress for TermProgress {
         }
     }
 }
+
+/// "precision P recall R F1 F (head H, tail T), AUROC A": one line of
+/// detection quality, as `train` and `filter` print it.
+pub fn detection_line(m: &h2e::metrics::DetectionMetrics) -> String {
+    format!(
+        "precision {:.3} recall {:.3} F1 {:.3} (head {:.3}, tail {:.3}), AUROC {}",
+        m.precision,
+        m.recall,
+        m.f1,
+        m.head.f1,
+        m.tail.f1,
+        m.auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
+    )
+}

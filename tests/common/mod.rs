@@ -108,3 +108,19 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Three classes ("top", "middle", "bottom") of 8x8 grayscale images with a
+/// bright band at the top, middle or bottom plus pixel noise, `per_class`
+/// of each, clean labels.
+pub fn bands(seed: u64, per_class: usize) -> h2e::data::TensorSet {
+    let mut rng = Rng::new(seed);
+    let classes = ["top", "middle", "bottom"].iter().map(|s| s.to_string()).collect();
+    let mut set = h2e::data::TensorSet::empty(classes, 1, 8, 8);
+    for (label, band) in [0..3, 3..5, 5..8].into_iter().enumerate() {
+        for i in 0..per_class {
+            let pixels = (0..64).map(|p| (if band.contains(&(p / 8)) { 200 } else { 30 } + rng.below(40)) as u8).collect();
+            set.push(&Image { width: 8, height: 8, channels: 1, pixels }, label, None, format!("{label}/{i}.png"));
+        }
+    }
+    set
+}
