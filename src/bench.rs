@@ -70,6 +70,9 @@ pub struct BenchRow {
     pub detection: DetectionMetrics,
     /// Stage-2 classifier on the clean test split (final round only).
     pub classifier: Option<AccuracyMetrics>,
+    /// The plain network's test accuracy, as is and with post-hoc logit
+    /// adjustment (final round only).
+    pub reference: Option<crate::train::ReferenceAccuracy>,
     /// Wall time of the whole method run in seconds.
     pub seconds: f64,
     /// Backend.
@@ -118,6 +121,7 @@ pub fn run(
                         operating_point,
                         detection,
                         classifier: if r.round == last { trained.report.classifier.clone() } else { None },
+                        reference: if r.round == last { trained.report.reference.clone() } else { None },
                         seconds,
                         backend: backend.to_string(),
                     };

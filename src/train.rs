@@ -244,10 +244,26 @@ pub struct TrainReport {
     pub rounds: Vec<RoundReport>,
     /// Stage-2 classifier accuracy on the test split.
     pub classifier: Option<AccuracyMetrics>,
+    /// What a user gets without h2e, on the same test split: the stage-A
+    /// network trained on every sample, as is and with post-hoc logit
+    /// adjustment.
+    #[serde(default)]
+    pub reference: Option<ReferenceAccuracy>,
     /// Total wall time in seconds.
     pub seconds: f64,
     /// Indices (into the training split) flagged by the final round.
     pub flagged: Vec<usize>,
+}
+
+/// Test accuracy of the plain network (cross-entropy with mixup on every
+/// sample, the stage-A schedule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceAccuracy {
+    /// Argmax of its logits.
+    pub ce: AccuracyMetrics,
+    /// Argmax of its logits minus `log pi` (post-hoc logit adjustment,
+    /// Menon et al. 2021).
+    pub ce_post_hoc_la: AccuracyMetrics,
 }
 
 /// A trained detector ready to be saved or used.
@@ -738,6 +754,25 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Test accuracy of `plain` as is and with post-hoc logit adjustment.
+    fn reference(&self, plain: &Net, test: &TensorSet, counts: &[usize]) -> Result<ReferenceAccuracy> {
+        let all: Vec<usize> = (0..test.len()).collect();
+        let p = self.probabilities(plain, test, &all, "reference test")?;
+        let lp = log_prior(counts);
+        let c = self.classes;
+        let argmax = |row: &[f32], shift: &[f32]| {
+            (0..c).fold(0, |b, k| if row[k].ln() - shift[k] > row[b].ln() - shift[b] { k } else { b })
+        };
+        let zero = vec![0f32; c];
+        let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
+        let plain_pred: Vec<usize> = p.chunks(c).map(|r| argmax(r, &zero)).collect();
+        let la_pred: Vec<usize> = p.chunks(c).map(|r| argmax(r, &lp)).collect();
+        Ok(ReferenceAccuracy {
+            ce: metrics::accuracy_metrics(&plain_pred, &truth, counts)?,
+            ce_post_hoc_la: metrics::accuracy_metrics(&la_pred, &truth, counts)?,
+        })
+    }
+
     /// Metrics of each operating point's flags (the configured caps kept)
     /// on one round's scores.
     fn operating_points(&self, set: &TensorSet, per: &[SampleScore], probs: &[f32]) -> Result<Vec<(String, DetectionMetrics)>> {
@@ -760,14 +795,20 @@ impl<'a> Engine<'a> {
         let counts = train.class_counts();
         let all: Vec<usize> = (0..train.len()).collect();
         let mut rounds = Vec::new();
-        let (net_ad, head, prior, scores) = match cfg.method {
+        // `plain`: the stage-A network trained on every sample (cross-entropy
+        // with mixup), the reference a long-tail user has without h2e.
+        let (net_ad, head, prior, scores, plain) = match cfg.method {
             Method::H2e => {
                 let mut keep = all.clone();
                 let mut last = None;
+                let mut first_net = None;
                 for r in 1..=cfg.rounds {
                     let t = Instant::now();
                     let seed = cfg.seed.wrapping_add(1000 * r as u64);
                     let net = self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None, None)?;
+                    if r == 1 {
+                        first_net = Some(net.valid());
+                    }
                     let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
                     let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
                     let head = self.train_head(&net, train, &keep, &lp, seed, &format!("round {r}/{} identifier", cfg.rounds))?;
@@ -783,7 +824,8 @@ impl<'a> Engine<'a> {
                     keep = (0..train.len()).filter(|&i| !scores.flagged[i]).collect();
                     last = Some((net, head, lp, scores));
                 }
-                last.expect("at least one round")
+                let (net, head, lp, scores) = last.expect("at least one round");
+                (net, head, lp, scores, first_net)
             }
             method => {
                 let t = Instant::now();
@@ -829,7 +871,7 @@ impl<'a> Engine<'a> {
                     tau: Param::from_tensor(Tensor::<1>::from_data(TensorData::new(vec![0f32; self.classes], [self.classes]), &ad)),
                 }
                 .valid();
-                (net, head, log_prior(&counts), scores)
+                (net, head, log_prior(&counts), scores, Some(valid))
             }
         };
         let (classifier, accuracy) = match (cfg.classifier, test) {
@@ -853,6 +895,10 @@ impl<'a> Engine<'a> {
             }
             _ => (None, None),
         };
+        let reference = match (test, plain) {
+            (Some(test), Some(plain)) => Some(self.reference(&plain, test, &counts)?),
+            _ => None,
+        };
         let flagged = (0..train.len()).filter(|&i| scores.flagged[i]).collect();
         let report = TrainReport {
             method: cfg.method,
@@ -861,6 +907,7 @@ impl<'a> Engine<'a> {
             class_counts: counts,
             rounds,
             classifier: accuracy,
+            reference,
             seconds: t0.elapsed().as_secs_f64(),
             flagged,
         };

@@ -39,6 +39,10 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
     // The final h2e round carries the stage-2 classifier's test accuracy.
     let last = rows.iter().find(|r| key(r) == ("h2e".to_string(), 2)).unwrap();
     assert!(last["classifier"]["balanced_accuracy"].as_f64().is_some());
+    // ... and the plain network's accuracy, as is and with post-hoc logit adjustment.
+    for k in ["ce", "ce_post_hoc_la"] {
+        assert_eq!(last["reference"][k]["samples"].as_u64(), Some(200), "{k}");
+    }
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert_eq!(md.lines().count(), 2 + rows.len());
     assert!(out.join("draws/uniform-rho10-r0.3-s0.zip").exists());

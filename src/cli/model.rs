@@ -170,6 +170,12 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     if let Some(acc) = &trained.report.classifier {
         eprintln!("classifier: balanced test accuracy {:.3}", acc.balanced_accuracy);
     }
+    if let Some(r) = &trained.report.reference {
+        eprintln!(
+            "without h2e (plain network on every sample): balanced test accuracy {:.3}, with post-hoc logit adjustment {:.3}",
+            r.ce.balanced_accuracy, r.ce_post_hoc_la.balanced_accuracy
+        );
+    }
     let seconds = trained.report.seconds;
     let id = Identifier::from_trained(trained, &train, selected.device)?;
     id.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
@@ -201,6 +207,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         "rounds": rounds,
         "test_accuracy": report.classifier.as_ref().map(|c| c.accuracy),
         "classifier": report.classifier,
+        "reference": report.reference,
         "seconds": report.seconds,
     });
     if a.json {
