@@ -792,6 +792,9 @@ impl<'a> Engine<'a> {
     pub fn run(&self, train: &TensorSet, test: Option<&TensorSet>, backend: &str) -> Result<Trained> {
         let t0 = Instant::now();
         let cfg = &self.config;
+        if cfg.classifier && test.is_none() {
+            return Err(Error::Argument("--classifier needs a test split in the data to report its accuracy".into()));
+        }
         let counts = train.class_counts();
         let all: Vec<usize> = (0..train.len()).collect();
         let mut rounds = Vec::new();
@@ -889,9 +892,6 @@ impl<'a> Engine<'a> {
                 let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
                 let acc = metrics::accuracy_metrics(&pred, &truth, &counts)?;
                 (Some(clf), Some(acc))
-            }
-            (true, None) => {
-                return Err(Error::Argument("--classifier needs a test split in the data to report its accuracy".into()))
             }
             _ => (None, None),
         };

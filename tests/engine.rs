@@ -407,3 +407,12 @@ fn seeded_initialisation_ignores_burns_global_generator() {
     let bound = 1.0 / 3.0;
     assert!(m.0.iter().all(|v| v.abs() <= bound) && m.0.iter().any(|v| v.abs() > bound * 0.8));
 }
+
+#[test]
+fn a_classifier_without_a_test_split_is_refused_before_training() {
+    let set = synthetic(13);
+    let killer = KillAt("round 1/2 backbone epoch 1/6");
+    let engine = Engine::new(Device::flex(), TrainConfig { classifier: true, ..tiny(Method::H2e) }, &set, &killer).unwrap();
+    let e = engine.run(&set, None, "test").unwrap_err().to_string();
+    assert!(e.contains("needs a test split"), "{e}");
+}
