@@ -48,7 +48,7 @@ fn check_probs(probs: &[f32], labels: &[usize], classes: usize) -> Result<()> {
 }
 
 /// Index of the largest value (the first one on ties).
-fn argmax(row: &[f32]) -> usize {
+pub fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (k, &p) in row.iter().enumerate() {
         if p > row[best] {

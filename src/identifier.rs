@@ -339,7 +339,7 @@ impl Identifier {
         let x = kernels::preprocess(&self.device, batch, &self.params())?;
         let p = read_f32(clf.forward(x), "classifier logits")?;
         let c = self.config.classes.len();
-        Ok(p.chunks(c).map(|r| (0..c).fold(0, |b, k| if r[k] > r[b] { k } else { b })).collect())
+        Ok(p.chunks(c).map(crate::baselines::argmax).collect())
     }
 
     /// The learned tau.

@@ -760,13 +760,11 @@ impl<'a> Engine<'a> {
         let p = self.probabilities(plain, test, &all, "reference test")?;
         let lp = log_prior(counts);
         let c = self.classes;
-        let argmax = |row: &[f32], shift: &[f32]| {
-            (0..c).fold(0, |b, k| if row[k].ln() - shift[k] > row[b].ln() - shift[b] { k } else { b })
-        };
-        let zero = vec![0f32; c];
         let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
-        let plain_pred: Vec<usize> = p.chunks(c).map(|r| argmax(r, &zero)).collect();
-        let la_pred: Vec<usize> = p.chunks(c).map(|r| argmax(r, &lp)).collect();
+        let plain_pred: Vec<usize> = p.chunks(c).map(baselines::argmax).collect();
+        // log p_k - log pi_k ranks classes as z_k - log pi_k does.
+        let la_pred: Vec<usize> =
+            p.chunks(c).map(|r| baselines::argmax(&r.iter().zip(&lp).map(|(p, l)| p.ln() - l).collect::<Vec<_>>())).collect();
         Ok(ReferenceAccuracy {
             ce: metrics::accuracy_metrics(&plain_pred, &truth, counts)?,
             ce_post_hoc_la: metrics::accuracy_metrics(&la_pred, &truth, counts)?,
@@ -861,7 +859,7 @@ impl<'a> Engine<'a> {
                 let per: Vec<SampleScore> = (0..train.len())
                     .map(|i| {
                         let row = &in_sample[i * self.classes..(i + 1) * self.classes];
-                        let pred = (0..self.classes).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+                        let pred = baselines::argmax(row);
                         SampleScore { pred, noise_score: detection.score[i], max_prob: maxp[i], prob_label: row[train.labels[i]] }
                     })
                     .collect();
@@ -888,7 +886,7 @@ impl<'a> Engine<'a> {
                 let test_idx: Vec<usize> = (0..test.len()).collect();
                 let p = self.probabilities(&clf, test, &test_idx, "classifier test")?;
                 let pred: Vec<usize> =
-                    p.chunks(self.classes).map(|r| (0..self.classes).fold(0, |b, k| if r[k] > r[b] { k } else { b })).collect();
+                    p.chunks(self.classes).map(baselines::argmax).collect();
                 let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
                 let acc = metrics::accuracy_metrics(&pred, &truth, &counts)?;
                 (Some(clf), Some(acc))
