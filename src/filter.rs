@@ -482,31 +482,6 @@ pub fn filter_source(id: &Identifier, src: &dyn Source, opts: &FilterOptions, pr
     Ok(report)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_and_quoting() {
-        assert_eq!("1/3".parse::<Shard>().unwrap(), Shard { index: 1, count: 3 });
-        for bad in ["3/3", "1", "a/2", "0/0", "-1/2"] {
-            assert!(bad.parse::<Shard>().is_err(), "{bad}");
-        }
-        assert!(Shard::new(1, 3).unwrap().contains(4));
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,\"b\"\n"), "\"a,\"\"b\"\"\n\"");
-    }
-
-    #[test]
-    fn overrides_replace_only_what_is_given() {
-        let base = OperatingPoint { rule: Rule::Argmax, max_flag_rate: Some(0.5), min_per_class: 3 };
-        let o = FilterOptions { threshold: Some(0.2), min_per_class: Some(0), ..Default::default() };
-        assert_eq!(o.operating_point(&base), OperatingPoint { rule: Rule::Threshold(0.2), max_flag_rate: Some(0.5), min_per_class: 0 });
-        assert!(FilterOptions { batch_size: 0, ..Default::default() }.validate().is_err());
-        assert!(FilterOptions { max_flag_rate: Some(1.5), ..Default::default() }.validate().is_err());
-    }
-}
-
 /// Noise-detection quality of a filter run against the ground truth the
 /// source carries (NLT bundles), per split: `(split, metrics)` for every
 /// split whose scored, labelled rows all have a known true label. Empty
@@ -538,4 +513,29 @@ pub fn evaluate(report: &FilterReport, src: &dyn Source) -> Result<Vec<(crate::d
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_and_quoting() {
+        assert_eq!("1/3".parse::<Shard>().unwrap(), Shard { index: 1, count: 3 });
+        for bad in ["3/3", "1", "a/2", "0/0", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
+        assert!(Shard::new(1, 3).unwrap().contains(4));
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,\"b\"\n"), "\"a,\"\"b\"\"\n\"");
+    }
+
+    #[test]
+    fn overrides_replace_only_what_is_given() {
+        let base = OperatingPoint { rule: Rule::Argmax, max_flag_rate: Some(0.5), min_per_class: 3 };
+        let o = FilterOptions { threshold: Some(0.2), min_per_class: Some(0), ..Default::default() };
+        assert_eq!(o.operating_point(&base), OperatingPoint { rule: Rule::Threshold(0.2), max_flag_rate: Some(0.5), min_per_class: 0 });
+        assert!(FilterOptions { batch_size: 0, ..Default::default() }.validate().is_err());
+        assert!(FilterOptions { max_flag_rate: Some(1.5), ..Default::default() }.validate().is_err());
+    }
 }
