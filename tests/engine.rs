@@ -416,3 +416,17 @@ fn a_classifier_without_a_test_split_is_refused_before_training() {
     let e = engine.run(&set, None, "test").unwrap_err().to_string();
     assert!(e.contains("needs a test split"), "{e}");
 }
+
+#[test]
+fn resnet18_builds_for_small_and_large_inputs() {
+    use h2e::model::{BackboneKind, Net};
+    let dev = Device::flex();
+    assert_eq!(BackboneKind::for_input(28), BackboneKind::SmallCnn);
+    assert_eq!(BackboneKind::for_input(64), BackboneKind::Resnet18);
+    for (size, channels) in [(40, 3), (72, 1)] {
+        let net = Net::new(BackboneKind::Resnet18, channels, size, 5, &dev);
+        let x = Tensor::<4>::zeros([2, channels, size, size], &dev);
+        assert_eq!(net.backbone.forward(x.clone()).dims(), [2, 512]);
+        assert_eq!(net.forward(x).dims(), [2, 5]);
+    }
+}
