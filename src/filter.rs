@@ -26,11 +26,13 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::bundle::BundleWriter;
 use crate::data::{resize, Image, Source};
 use crate::error::{Error, Result};
 use crate::fsutil::safe_component;
@@ -513,6 +515,46 @@ pub fn evaluate(report: &FilterReport, src: &dyn Source) -> Result<Vec<(crate::d
         }
     }
     Ok(out)
+}
+
+/// Writes the samples of `src` that `report` kept (`flagged == false`) or
+/// flagged (`true`) to `out`: a dataset bundle when `out` ends in `.zip`,
+/// else an ImageFolder laid out `out/<split>/<class>/<file>` (as `bundle
+/// unpack` gives, which `h2e` reads again). Images are copied as stored,
+/// with their given label (and ground truth when the source has it);
+/// error rows are left out. Atomic: nothing appears at `out` unless all
+/// of it was written. Returns the number of images written.
+pub fn export(report: &FilterReport, src: &dyn Source, flagged: bool, out: &Path) -> Result<usize> {
+    use std::collections::HashMap;
+    let by_path: HashMap<&str, usize> = src.samples().iter().enumerate().map(|(i, s)| (s.path.as_str(), i)).collect();
+    let folder = !out.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+    if folder && out.exists() && std::fs::read_dir(out).map_err(|e| Error::io("reading", out, e))?.next().is_some() {
+        return Err(Error::io("exporting into", out, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the folder exists and is not empty")));
+    }
+    let zip_path = match folder {
+        true => {
+            let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+            out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(format!(".{name}.{}.export.zip", std::process::id()))
+        }
+        false => out.to_path_buf(),
+    };
+    let mut writer = BundleWriter::create(&zip_path, src.classes().to_vec())?;
+    for row in report.rows.iter().filter(|r| r.error.is_none() && r.is_label_issue == flagged) {
+        let Some(&i) = by_path.get(row.path.as_str()) else { continue };
+        let meta = &src.samples()[i];
+        let bytes = src.read_encoded(i)?;
+        let file = row.path.rsplit('/').next().unwrap_or(&row.path);
+        writer.add(meta.split, meta.label, meta.true_label, file, &bytes)?;
+    }
+    let n = writer.len();
+    let what = if flagged { "flagged" } else { "kept" };
+    writer.finish(Some(serde_json::json!({"made_by": "h2e filter", what: src.location()})))?;
+    if folder {
+        let unpacked = crate::bundle::unpack(&zip_path, out);
+        let _ = std::fs::remove_file(&zip_path);
+        unpacked?;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -204,3 +204,38 @@ fn the_binary_writes_csv_and_jsonl_that_parse_back() {
     let o = h2e(&["filter", &s(&id), &s(&data), "--shard", "2/2"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("shard"));
 }
+
+#[test]
+fn kept_and_flagged_samples_export_to_a_folder_and_a_bundle() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    folder(&data);
+    std::fs::write(data.join("top/zzz.png"), b"not a png").unwrap();
+    let src = open_source(&data).unwrap();
+    // Threshold 0.5: some samples of each kind on this data.
+    let opts = FilterOptions { threshold: Some(0.5), min_per_class: Some(0), ..Default::default() };
+    let report = filter_source(&identifier(), src.as_ref(), &opts, &Silent).unwrap();
+    let clean = t.path().join("clean");
+    let noisy = t.path().join("noisy.zip");
+    let kept = h2e::filter::export(&report, src.as_ref(), false, &clean).unwrap();
+    let flagged = h2e::filter::export(&report, src.as_ref(), true, &noisy).unwrap();
+    assert_eq!(kept + flagged, report.rows.len() - report.errors());
+    assert_eq!(flagged, report.flagged());
+    assert!(kept > 0 && flagged > 0, "kept {kept}, flagged {flagged}");
+    // The folder reads back as an ImageFolder with the kept samples, by class.
+    let back = open_source(&clean).unwrap();
+    assert_eq!(back.samples().len(), kept);
+    let bundle = open_source(&noisy).unwrap();
+    assert_eq!(bundle.samples().len(), flagged);
+    for s in back.samples() {
+        let class = &back.classes()[s.label];
+        let row = report.rows.iter().find(|r| r.path.ends_with(s.path.rsplit('/').next().unwrap()) && &r.given_label == class).unwrap();
+        assert!(!row.is_label_issue);
+    }
+    // A non-empty destination folder is refused and left as it was; only the outputs were written.
+    let e = h2e::filter::export(&report, src.as_ref(), false, &clean).unwrap_err().to_string();
+    assert!(e.contains("not empty"), "{e}");
+    let mut names: Vec<_> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["clean", "data", "noisy.zip"]);
+}

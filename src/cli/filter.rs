@@ -31,6 +31,12 @@ pub struct FilterArgs {
     /// Flag when the noise score (1 - label_score) reaches this value instead of the identifier's rule.
     #[arg(long)]
     pub threshold: Option<f32>,
+    /// Also write the kept samples: a dataset bundle (.zip) or an ImageFolder (new or empty folder).
+    #[arg(long, value_name = "OUT")]
+    pub clean_out: Option<PathBuf>,
+    /// Also write the flagged samples, likewise.
+    #[arg(long, value_name = "OUT")]
+    pub noisy_out: Option<PathBuf>,
     /// Flagging rule instead of the identifier's: argmax, confident-learning or threshold=T.
     #[arg(long)]
     pub operating_point: Option<h2e::score::Rule>,
@@ -84,6 +90,12 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     let csv = a.report.as_deref().map(create).transpose()?;
     let jsonl = a.jsonl.as_deref().map(create).transpose()?;
     let html = a.html.as_deref().map(create).transpose()?;
+    for out in [&a.clean_out, &a.noisy_out].into_iter().flatten() {
+        let zip = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+        if (zip && out.is_dir()) || (!zip && out.is_dir() && std::fs::read_dir(out)?.next().is_some()) || (!zip && out.is_file()) {
+            bail!("{}: give a new or empty folder, or a .zip path", out.display());
+        }
+    }
     let selected = select(a.device)?;
     eprintln!("device: {}", selected.description);
     let id = Identifier::open(&a.identifier, selected.device)
@@ -101,6 +113,12 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
             if let Some(f) = jsonl {
                 save(f, &report, FilterReport::write_jsonl)?;
             }
+        }
+    }
+    for (out, flagged) in [(&a.clean_out, false), (&a.noisy_out, true)] {
+        if let Some(out) = out {
+            let n = h2e::filter::export(&report, src.as_ref(), flagged, out).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} ({n} {} images)", out.display(), if flagged { "flagged" } else { "kept" });
         }
     }
     if let Some(f) = html {
