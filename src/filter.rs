@@ -489,15 +489,15 @@ pub fn filter_source(id: &Identifier, src: &dyn Source, opts: &FilterOptions, pr
 /// split whose scored, labelled rows all have a known true label. Empty
 /// when the source has no ground truth.
 pub fn evaluate(report: &FilterReport, src: &dyn Source) -> Result<Vec<(crate::data::Split, crate::metrics::DetectionMetrics)>> {
-    use std::collections::HashMap;
-    let by_path: HashMap<&str, &crate::data::SampleMeta> = src.samples().iter().map(|s| (s.path.as_str(), s)).collect();
+    let by_path = index_by_path(src);
     let classes = src.classes().len();
     let mut out = Vec::new();
     for split in crate::data::Split::ALL {
         let (mut flagged, mut score, mut truth, mut labels) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut complete = true;
         for row in &report.rows {
-            let (Some(meta), Some(noise)) = (by_path.get(row.path.as_str()), row.noise_score) else { continue };
+            let (Some(&i), Some(noise)) = (by_path.get(row.path.as_str()), row.noise_score) else { continue };
+            let meta = &src.samples()[i];
             if meta.split != split || row.given_label.is_empty() {
                 continue;
             }
@@ -517,6 +517,30 @@ pub fn evaluate(report: &FilterReport, src: &dyn Source) -> Result<Vec<(crate::d
     Ok(out)
 }
 
+/// Sample index of each path of `src`.
+fn index_by_path(src: &dyn Source) -> std::collections::HashMap<&str, usize> {
+    src.samples().iter().enumerate().map(|(i, s)| (s.path.as_str(), i)).collect()
+}
+
+fn is_zip(out: &Path) -> bool {
+    out.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip"))
+}
+
+/// Checks that [`export`] may write to `out`: a `.zip` path that is not a
+/// folder, or a folder path that is new or an empty folder. Call it before
+/// long work so a bad destination fails first.
+pub fn check_export_target(out: &Path) -> Result<()> {
+    let refuse = |why: &str| Err(Error::io("exporting into", out, std::io::Error::new(std::io::ErrorKind::AlreadyExists, why.to_string())));
+    match (is_zip(out), out.is_dir(), out.is_file()) {
+        (true, true, _) => refuse("it is a folder; give a .zip file name or a folder without .zip"),
+        (false, _, true) => refuse("it is a file; give a new or empty folder, or a .zip path"),
+        (false, true, _) if std::fs::read_dir(out).map_err(|e| Error::io("reading", out, e))?.next().is_some() => {
+            refuse("the folder exists and is not empty")
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes the samples of `src` that `report` kept (`flagged == false`) or
 /// flagged (`true`) to `out`: a dataset bundle when `out` ends in `.zip`,
 /// else an ImageFolder laid out `out/<split>/<class>/<file>` (as `bundle
@@ -525,12 +549,9 @@ pub fn evaluate(report: &FilterReport, src: &dyn Source) -> Result<Vec<(crate::d
 /// error rows are left out. Atomic: nothing appears at `out` unless all
 /// of it was written. Returns the number of images written.
 pub fn export(report: &FilterReport, src: &dyn Source, flagged: bool, out: &Path) -> Result<usize> {
-    use std::collections::HashMap;
-    let by_path: HashMap<&str, usize> = src.samples().iter().enumerate().map(|(i, s)| (s.path.as_str(), i)).collect();
-    let folder = !out.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip"));
-    if folder && out.exists() && std::fs::read_dir(out).map_err(|e| Error::io("reading", out, e))?.next().is_some() {
-        return Err(Error::io("exporting into", out, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the folder exists and is not empty")));
-    }
+    check_export_target(out)?;
+    let by_path = index_by_path(src);
+    let folder = !is_zip(out);
     let zip_path = match folder {
         true => {
             let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());

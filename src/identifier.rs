@@ -276,13 +276,6 @@ impl Identifier {
         if labels.len() != batch.len() {
             return Err(Error::Argument(format!("{} labels for a batch of {}", labels.len(), batch.len())));
         }
-        if batch.channels() != self.config.channels {
-            return Err(Error::Argument(format!(
-                "the identifier expects {}-channel images, the batch has {}",
-                self.config.channels,
-                batch.channels()
-            )));
-        }
         let classes = self.config.classes.len();
         if let Some(l) = labels.iter().flatten().find(|&&l| l >= classes) {
             return Err(Error::Argument(format!("label {l} is not below the identifier's {classes} classes")));
@@ -290,8 +283,7 @@ impl Identifier {
         if batch.is_empty() {
             return Ok((Vec::new(), probabilities.then(Vec::new)));
         }
-        let x = kernels::preprocess(&self.device, batch, &self.params())?;
-        let raw = self.head.raw(self.net.backbone.forward(x));
+        let raw = self.raw_logits(batch)?;
         let lp = self.log_prior();
         let probs = if probabilities {
             Some(score::adjusted_probabilities(&read_f32(raw.clone(), "logits")?, classes, &self.config.tau, &lp))
@@ -306,8 +298,24 @@ impl Identifier {
     /// Adjusted class probabilities `softmax(z - tau * log pi)` of a packed
     /// batch, row-major `[n, classes]`.
     pub fn probabilities(&self, batch: &PackedBatch) -> Result<Vec<f32>> {
-        let labels = vec![None; batch.len()];
-        Ok(self.score_batch_with(batch, &labels, true)?.1.unwrap_or_default())
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw = read_f32(self.raw_logits(batch)?, "logits")?;
+        Ok(score::adjusted_probabilities(&raw, self.config.classes.len(), &self.config.tau, &self.log_prior()))
+    }
+
+    /// The head's raw logits `W f + b` of a non-empty batch.
+    fn raw_logits(&self, batch: &PackedBatch) -> Result<Tensor<2>> {
+        if batch.channels() != self.config.channels {
+            return Err(Error::Argument(format!(
+                "the identifier expects {}-channel images, the batch has {}",
+                self.config.channels,
+                batch.channels()
+            )));
+        }
+        let x = kernels::preprocess(&self.device, batch, &self.params())?;
+        Ok(self.head.raw(self.net.backbone.forward(x)))
     }
 
     /// Scores a whole in-memory set (already at the identifier's size) and

@@ -235,6 +235,13 @@ fn kept_and_flagged_samples_export_to_a_folder_and_a_bundle() {
     // A non-empty destination folder is refused and left as it was; only the outputs were written.
     let e = h2e::filter::export(&report, src.as_ref(), false, &clean).unwrap_err().to_string();
     assert!(e.contains("not empty"), "{e}");
+    // A .zip name that is a folder, and a folder name that is a file, are refused too.
+    let as_zip_dir = t.path().join("d.zip");
+    std::fs::create_dir(&as_zip_dir).unwrap();
+    assert!(h2e::filter::check_export_target(&as_zip_dir).unwrap_err().to_string().contains("d.zip"));
+    std::fs::remove_dir(&as_zip_dir).unwrap();
+    let file = data.join("top/000.png");
+    assert!(h2e::filter::check_export_target(&file).unwrap_err().to_string().contains("it is a file"));
     let mut names: Vec<_> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["clean", "data", "noisy.zip"]);

@@ -91,10 +91,7 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     let jsonl = a.jsonl.as_deref().map(create).transpose()?;
     let html = a.html.as_deref().map(create).transpose()?;
     for out in [&a.clean_out, &a.noisy_out].into_iter().flatten() {
-        let zip = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip"));
-        if (zip && out.is_dir()) || (!zip && out.is_dir() && std::fs::read_dir(out)?.next().is_some()) || (!zip && out.is_file()) {
-            bail!("{}: give a new or empty folder, or a .zip path", out.display());
-        }
+        h2e::filter::check_export_target(out)?;
     }
     let selected = select(a.device)?;
     eprintln!("device: {}", selected.description);
