@@ -52,7 +52,7 @@ pub fn quick_grid() -> Vec<NltConfig> {
 
 /// A training budget small enough for [`quick_grid`].
 pub fn quick_config() -> TrainConfig {
-    TrainConfig { epochs: 2, identifier_epochs: 1, folds: 2, classifier_epochs: 1, ..TrainConfig::default() }
+    TrainConfig { epochs: 2, identifier_epochs: 1, folds: 2, classifier_epochs: Some(1), ..TrainConfig::default() }
 }
 
 /// One result: a method (and round, for h2e) on one draw.

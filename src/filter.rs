@@ -7,8 +7,10 @@
 //! and scored with [`Identifier::score_batch`]; only a few numbers per sample
 //! are kept, so memory stays bounded whatever the data set's size. The
 //! operating point is applied once at the end, over every scored labelled
-//! sample, because its caps (`max_flag_rate`, `min_per_class`) are global.
-//! With [`Shard`]s those caps apply per shard.
+//! sample, because the default `confident-learning` rule (per-class noise
+//! rates estimated from the whole set) and the caps (`max_flag_rate`,
+//! `min_per_class`) are global. With [`Shard`]s they apply per shard; the
+//! `argmax` and `threshold=T` rules without caps decide each sample alone.
 //!
 //! An image that cannot be read yields a row with `error` set instead of
 //! stopping the run. Column names follow cleanlab's `find_label_issues`
@@ -414,7 +416,7 @@ fn class_map(id: &Identifier, src: &dyn Source, unknown: UnknownClass) -> Result
 
 /// Decodes `indices` of `src` on all cores, converted and resized to
 /// `channels` x `size` x `size`.
-fn decode(src: &dyn Source, indices: &[usize], channels: u8, size: u32) -> Vec<Result<Image>> {
+pub(crate) fn decode(src: &dyn Source, indices: &[usize], channels: u8, size: u32) -> Vec<Result<Image>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = indices.len().div_ceil(threads).max(1);
     let load = |i: usize| src.load(i).map(|img| resize(&img, channels, size, size));

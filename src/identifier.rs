@@ -336,18 +336,31 @@ impl Identifier {
         score::apply(&per, want.then_some(probs.as_slice()), &set.labels, self.config.classes.len(), op)
     }
 
-    /// Predictions of the stage-2 classifier for a packed batch.
-    pub fn classify_batch(&self, batch: &PackedBatch) -> Result<Vec<usize>> {
+    /// Class probabilities of the stage-2 classifier for a packed batch,
+    /// row-major `[n, classes]`: the softmax of its raw logits (trained with
+    /// a logit-adjusted loss, so they are already balanced across classes).
+    pub fn classifier_probabilities(&self, batch: &PackedBatch) -> Result<Vec<f32>> {
         let clf = self.classifier.as_ref().ok_or_else(|| {
             Error::Argument("this identifier has no classifier; train it with --classifier".into())
         })?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if batch.channels() != self.config.channels {
+            return Err(Error::Argument(format!(
+                "the identifier expects {}-channel images, the batch has {}",
+                self.config.channels,
+                batch.channels()
+            )));
+        }
         let x = kernels::preprocess(&self.device, batch, &self.params())?;
-        let p = read_f32(clf.forward(x), "classifier logits")?;
-        let c = self.config.classes.len();
-        Ok(p.chunks(c).map(crate::baselines::argmax).collect())
+        read_f32(burn::tensor::activation::softmax(clf.forward(x), 1), "classifier probabilities")
+    }
+
+    /// Predictions of the stage-2 classifier for a packed batch.
+    pub fn classify_batch(&self, batch: &PackedBatch) -> Result<Vec<usize>> {
+        let p = self.classifier_probabilities(batch)?;
+        Ok(p.chunks(self.config.classes.len()).map(crate::baselines::argmax).collect())
     }
 
     /// The learned tau.

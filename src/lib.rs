@@ -12,6 +12,7 @@
 pub mod baselines;
 pub mod bench;
 pub mod bundle;
+pub mod classify;
 pub mod data;
 pub mod device;
 pub mod embedded;

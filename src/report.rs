@@ -6,9 +6,11 @@
 //!   into the report the unsharded run gives: shard `i` holds the samples
 //!   whose index modulo `n` is `i`, in source order, so taking rows
 //!   round-robin from shards `0, 1, ..., n-1` restores the source order.
-//!   Flags are kept as each shard decided them: with `--max-flag-rate` or
-//!   `--min-per-class` those caps applied per shard, and the merged report
-//!   still says so.
+//!   Flags are kept as each shard decided them: under the default
+//!   `confident-learning` rule, or with `--max-flag-rate` or
+//!   `--min-per-class`, the decision was per shard, and the merged report
+//!   still says so; with `--operating-point argmax` (or `threshold=T`) and
+//!   `--min-per-class 0` the merge equals the unsharded run byte for byte.
 //! - [`render_html`] makes one self-contained HTML page (inline CSS, inline
 //!   SVG, thumbnails as `data:` URLs, no external resource): a summary,
 //!   per-class bars of kept / flagged / error counts, and the most

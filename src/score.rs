@@ -3,7 +3,9 @@
 //! For logits `z` (the head's `W f(x) + b`), the per-class `tau` and the
 //! label prior `pi`, the adjusted logits are `z - tau * log(pi)`. With
 //! `p = softmax(adjusted)`:
-//! - `pred = argmax p`; the default rule flags a sample when `pred != label`;
+//! - `pred = argmax p`; the `argmax` rule flags a sample when `pred != label`,
+//!   the default `confident-learning` rule flags the subset of those that
+//!   cleanlab's prune-by-noise-rate picks from the adjusted probabilities;
 //! - `noise_score = 1 - p[label]`, in [0, 1], monotone in the identifier's
 //!   belief that the label is wrong (used for ranking, AUROC, `--threshold`);
 //! - `weight` is 0.01 for flagged samples, and for the others the max
@@ -60,8 +62,8 @@ pub fn per_sample(logits: &[f32], label: Option<usize>, tau: &[f32], log_prior: 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case", tag = "rule", content = "value")]
 pub enum Rule {
-    /// Flag when the adjusted prediction differs from the label (H2E's rule).
-    #[default]
+    /// Flag when the adjusted prediction differs from the label (the H2E
+    /// paper's rule).
     Argmax,
     /// Flag when `noise_score >= threshold`.
     Threshold(f32),
@@ -69,7 +71,10 @@ pub enum Rule {
     /// confident joint and prune-by-noise-rate (cleanlab's defaults),
     /// computed from the identifier's *adjusted* probabilities of the
     /// scored set instead of ordinary ones. Needs the full probability
-    /// matrix.
+    /// matrix. The default: it flags a subset of what [`Rule::Argmax`]
+    /// flags, sized per class by the estimated noise rate, so it keeps
+    /// H2E's tail recall without over-flagging head classes.
+    #[default]
     ConfidentLearning,
 }
 
@@ -77,6 +82,17 @@ impl Rule {
     /// Whether deciding needs the full `[n, classes]` probability matrix.
     pub fn needs_probabilities(&self) -> bool {
         matches!(self, Rule::ConfidentLearning)
+    }
+}
+
+impl std::fmt::Display for Rule {
+    /// The command-line spelling, which [`FromStr`](std::str::FromStr) reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Argmax => f.write_str("argmax"),
+            Rule::ConfidentLearning => f.write_str("confident-learning"),
+            Rule::Threshold(t) => write!(f, "threshold={t}"),
+        }
     }
 }
 
@@ -110,7 +126,7 @@ pub struct OperatingPoint {
 
 impl Default for OperatingPoint {
     fn default() -> Self {
-        OperatingPoint { rule: Rule::Argmax, max_flag_rate: None, min_per_class: 1 }
+        OperatingPoint { rule: Rule::default(), max_flag_rate: None, min_per_class: 1 }
     }
 }
 
@@ -249,15 +265,16 @@ mod tests {
         let logits = [5.0, 0.0, 0.0, 5.0, 0.0, 5.0, 1.0, 0.0];
         let labels = [0, 0, 0, 1];
         let zero = [0.0; 2];
-        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { min_per_class: 0, ..Default::default() }).unwrap();
+        let argmax = OperatingPoint { rule: Rule::Argmax, ..Default::default() };
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { min_per_class: 0, ..argmax }).unwrap();
         assert_eq!(s.flagged, vec![false, true, true, true]);
         assert_eq!(s.weight[1], NOISE_WEIGHT);
         assert_eq!(s.weight[0], 1.0);
         // Class 1 has one sample: min_per_class 1 keeps it.
-        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint::default()).unwrap();
+        let s = score_logits(&logits, 2, &labels, &zero, &zero, &argmax).unwrap();
         assert!(!s.flagged[3]);
         // Rate cap 0.25 of 4 samples: one flag, the highest score.
-        let op = OperatingPoint { max_flag_rate: Some(0.25), min_per_class: 0, ..Default::default() };
+        let op = OperatingPoint { max_flag_rate: Some(0.25), min_per_class: 0, ..argmax };
         let s = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
         assert_eq!(s.flagged.iter().filter(|&&f| f).count(), 1);
         let top = (0..4).max_by(|&a, &b| s.noise_score[a].total_cmp(&s.noise_score[b]).then(b.cmp(&a))).unwrap();
@@ -288,5 +305,8 @@ mod tests {
         assert_eq!("cl".parse::<Rule>().unwrap(), Rule::ConfidentLearning);
         assert_eq!("threshold=0.7".parse::<Rule>().unwrap(), Rule::Threshold(0.7));
         assert!("threshold=2".parse::<Rule>().is_err() && "median".parse::<Rule>().is_err());
+        for r in [Rule::Argmax, Rule::ConfidentLearning, Rule::Threshold(0.25)] {
+            assert_eq!(r.to_string().parse::<Rule>().unwrap(), r);
+        }
     }
 }

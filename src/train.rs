@@ -27,6 +27,10 @@ use crate::progress::{Event, Progress};
 use crate::rng::Rng;
 use crate::score::{self, OperatingPoint, Rule, SampleScore, Scores};
 
+/// Upper bound of the learned per-class tau (projected after every
+/// stage-B step; the lower bound is 0, no adjustment).
+pub const TAU_MAX: f32 = 2.0;
+
 /// Which detector to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -127,10 +131,15 @@ pub struct TrainConfig {
     pub folds: usize,
     /// Train the robust stage-2 classifier.
     pub classifier: bool,
-    /// Stage-2 epochs.
-    pub classifier_epochs: usize,
-    /// Stage-2 peak learning rate.
-    pub classifier_lr: f64,
+    /// Stage-2 epochs; `None`: [`epochs`](Self::epochs), the budget of the
+    /// plain network it is compared with.
+    pub classifier_epochs: Option<usize>,
+    /// Stage-2 peak learning rate; `None`: [`lr`](Self::lr).
+    pub classifier_lr: Option<f64>,
+    /// Stage 2 trains on at least this fraction of every class: when the
+    /// final flags would leave less, the least suspicious flagged samples
+    /// of that class are kept too (at the lowest clean weight, 0.5).
+    pub classifier_min_keep: f32,
     /// How flags are decided.
     pub operating_point: OperatingPoint,
     /// Seed of every random choice.
@@ -164,8 +173,9 @@ impl Default for TrainConfig {
             rounds: 2,
             folds: 4,
             classifier: false,
-            classifier_epochs: 5,
-            classifier_lr: 0.01,
+            classifier_epochs: None,
+            classifier_lr: None,
+            classifier_min_keep: 0.5,
             operating_point: OperatingPoint::default(),
             seed: 0,
         }
@@ -185,7 +195,13 @@ impl TrainConfig {
         if self.method == Method::ConfidentLearning && self.folds < 2 {
             return bad(format!("confident learning needs at least 2 folds, got {}", self.folds));
         }
-        for (name, v) in [("lr", self.lr), ("identifier-lr", self.identifier_lr), ("classifier-lr", self.classifier_lr)] {
+        if self.classifier_epochs == Some(0) {
+            return bad("classifier epochs must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.classifier_min_keep) {
+            return bad(format!("classifier-min-keep must be in [0, 1], got {}", self.classifier_min_keep));
+        }
+        for (name, v) in [("lr", self.lr), ("identifier-lr", self.identifier_lr), ("classifier-lr", self.classifier_lr.unwrap_or(self.lr))] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(format!("{name} must be a positive number, got {v}"));
             }
@@ -309,6 +325,32 @@ fn int_tensor(values: &[usize], device: &Device) -> Tensor<1, Int> {
 pub fn log_prior(counts: &[usize]) -> Vec<f32> {
     let n: usize = counts.iter().map(|&c| c.max(1)).sum();
     counts.iter().map(|&c| ((c.max(1) as f64) / n as f64).ln() as f32).collect()
+}
+
+/// The stage-2 training set and its per-sample weights: the samples the
+/// final round kept (weighted by their confidence), plus, in every class
+/// where that leaves fewer than `min_keep` of its samples, its least
+/// suspicious flagged samples (lowest noise score first) at weight 0.5
+/// until it has that many. Filtering can then thin a class but never
+/// empty it.
+pub fn classifier_set(scores: &Scores, labels: &[usize], classes: usize, min_keep: f32) -> (Vec<usize>, Vec<f32>) {
+    let mut weight = scores.weight.clone();
+    let mut keep = vec![false; labels.len()];
+    for c in 0..classes {
+        let members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
+        let want = (min_keep.clamp(0.0, 1.0) as f64 * members.len() as f64).ceil() as usize;
+        let mut flagged: Vec<usize> = members.iter().copied().filter(|&i| scores.flagged[i]).collect();
+        let kept = members.len() - flagged.len();
+        flagged.sort_by(|&a, &b| scores.noise_score[a].total_cmp(&scores.noise_score[b]).then(a.cmp(&b)));
+        for &i in flagged.iter().take(want.saturating_sub(kept)) {
+            keep[i] = true;
+            weight[i] = 0.5;
+        }
+        for &i in &members {
+            keep[i] |= !scores.flagged[i];
+        }
+    }
+    ((0..labels.len()).filter(|&i| keep[i]).collect(), weight)
 }
 
 /// Mean cross-entropy of logits `z` `[n, c]` against labels `y` `[n]`.
@@ -438,9 +480,12 @@ impl<'a> Engine<'a> {
     }
 
     /// Stage A: trains a fresh network on `indices` of `set` with mixup,
-    /// SGD momentum, cosine learning rate, crop and flip. With `weights`,
-    /// the loss is weighted per sample and logit-adjusted by `adjust`
-    /// (stage 2: no mixup). Returns the autodiff network.
+    /// SGD momentum, cosine learning rate, crop and flip. With `stage2 =
+    /// (weights, log_prior)` (the robust classifier), the loss is weighted
+    /// per sample and logit-adjusted: the network's logits plus `log_prior`
+    /// go into the cross-entropy (Menon et al. 2021), so its raw logits are
+    /// balanced. `start` continues from a network instead of a fresh one.
+    /// Returns the autodiff network.
     fn train_net(
         &self,
         set: &TensorSet,
@@ -452,7 +497,10 @@ impl<'a> Engine<'a> {
     ) -> Result<Net> {
         let cfg = &self.config;
         let ad = self.device.clone().autodiff();
-        let (epochs, peak) = if stage2.is_some() { (cfg.classifier_epochs, cfg.classifier_lr) } else { (cfg.epochs, cfg.lr) };
+        let (epochs, peak) = match stage2 {
+            Some(_) => (cfg.classifier_epochs.unwrap_or(cfg.epochs), cfg.classifier_lr.unwrap_or(cfg.lr)),
+            None => (cfg.epochs, cfg.lr),
+        };
         let mut model = match start {
             Some(net) => net,
             None => {
@@ -463,7 +511,7 @@ impl<'a> Engine<'a> {
         let bs = cfg.batch_size.min(indices.len()).max(1);
         let steps_per_epoch = indices.len().div_ceil(bs);
         let total = epochs * steps_per_epoch;
-        let adjust = stage2.map(|(_, adj)| Tensor::<1>::from_data(TensorData::new(adj.to_vec(), [adj.len()]), &ad));
+        let adjust = stage2.map(|(_, adj)| Tensor::<1>::from_data(TensorData::new(adj.to_vec(), [adj.len()]), &ad).unsqueeze_dim::<2>(0));
         let run_id = run_hash(&[name], &[seed, epochs as u64, bs as u64, peak.to_bits(), stage2.is_some() as u64], indices, &self.config);
         let mut first_epoch = 0;
         if let Some((m, o, e)) = self.load_checkpoint(name, &run_id, model.clone(), optim.clone())? {
@@ -485,27 +533,35 @@ impl<'a> Engine<'a> {
                 let x = self.batch(set, chunk, &params, &ad)?;
                 let labels: Vec<usize> = chunk.iter().map(|&i| set.labels[i]).collect();
                 let y = int_tensor(&labels, &ad).unsqueeze_dim::<2>(1);
-                let loss = match (stage2, &adjust) {
-                    (Some((weights, _)), Some(adj)) => {
-                        let w: Vec<f32> = chunk.iter().map(|&i| weights[i]).collect();
-                        let wsum: f32 = w.iter().sum::<f32>().max(1e-6);
-                        let w = Tensor::<1>::from_data(TensorData::new(w, [chunk.len()]), &ad);
-                        let logits = model.forward(x) + adj.clone().unsqueeze_dim::<2>(0);
-                        let nll = log_softmax(logits, 1).gather(1, y).squeeze_dim::<1>(1).neg();
-                        (nll * w).sum() / wsum
+                let w = stage2.map(|(weights, _)| {
+                    let w: Vec<f32> = chunk.iter().map(|&i| weights[i]).collect();
+                    Tensor::<1>::from_data(TensorData::new(w, [chunk.len()]), &ad)
+                });
+                let logits = |x: Tensor<4>| -> Tensor<2> {
+                    let z = model.forward(x);
+                    match &adjust {
+                        Some(a) => z + a.clone(),
+                        None => z,
                     }
-                    _ if cfg.mixup_alpha > 0.0 && chunk.len() > 1 => {
-                        let lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha) as f32;
-                        let mut perm: Vec<usize> = (0..chunk.len()).collect();
-                        rng.shuffle(&mut perm);
-                        let perm_t = int_tensor(&perm, &ad);
-                        let x2 = x.clone().select(0, perm_t.clone());
-                        let y2 = y.clone().select(0, perm_t);
-                        let logp = log_softmax(model.forward(x * lam + x2 * (1.0 - lam)), 1);
-                        let nll = logp.clone().gather(1, y) * lam + logp.gather(1, y2) * (1.0 - lam);
-                        nll.mean().neg()
-                    }
-                    _ => log_softmax(model.forward(x), 1).gather(1, y).mean().neg(),
+                };
+                // Per-sample negative log-likelihood and weight.
+                let (nll, w) = if cfg.mixup_alpha > 0.0 && chunk.len() > 1 {
+                    let lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha) as f32;
+                    let mut perm: Vec<usize> = (0..chunk.len()).collect();
+                    rng.shuffle(&mut perm);
+                    let perm_t = int_tensor(&perm, &ad);
+                    let x2 = x.clone().select(0, perm_t.clone());
+                    let y2 = y.clone().select(0, perm_t.clone());
+                    let logp = log_softmax(logits(x * lam + x2 * (1.0 - lam)), 1);
+                    let ll = logp.clone().gather(1, y) * lam + logp.gather(1, y2) * (1.0 - lam);
+                    let w = w.map(|w| w.clone() * lam + w.select(0, perm_t) * (1.0 - lam));
+                    (ll.squeeze_dim::<1>(1).neg(), w)
+                } else {
+                    (log_softmax(logits(x), 1).gather(1, y).squeeze_dim::<1>(1).neg(), w)
+                };
+                let loss = match w {
+                    Some(w) => (nll * w.clone()).sum() / w.sum().clamp_min(1e-6),
+                    None => nll.mean(),
                 };
                 let report = b + 1 == steps_per_epoch || b % 10 == 0;
                 if report {
@@ -690,6 +746,10 @@ impl<'a> Engine<'a> {
                 }
                 let grads = GradientsParams::from_grads(loss.backward(), &head);
                 head = optim.step(cosine(cfg.identifier_lr, step, steps), head, grads);
+                // Projected back into [0, TAU_MAX]: a class thinned by
+                // filtering has a very negative log prior, and an unbounded
+                // tau could then shift every prediction to it.
+                head.tau = head.tau.map(|t| t.clamp(0.0, TAU_MAX).detach().require_grad());
                 if report {
                     let msg = format!("ce {:.4}, irm {:.5}", last.0, last.1);
                     self.progress.event(Event::Advance { done: (step + 1) as u64, message: &msg });
@@ -776,12 +836,36 @@ impl<'a> Engine<'a> {
     fn operating_points(&self, set: &TensorSet, per: &[SampleScore], probs: &[f32]) -> Result<Vec<(String, DetectionMetrics)>> {
         let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for (name, rule) in [("argmax", Rule::Argmax), ("confident-learning", Rule::ConfidentLearning)] {
-            let op = OperatingPoint { rule, ..self.config.operating_point };
+        for rule in [Rule::Argmax, Rule::ConfidentLearning] {
+            let (name, op) = (rule.to_string(), OperatingPoint { rule, ..self.config.operating_point });
             let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
-            out.push((name.to_string(), metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &set.labels, self.classes)?));
+            out.push((name, metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &set.labels, self.classes)?));
         }
         Ok(out)
+    }
+
+    /// Stage 2, the robust classifier: a fresh network trained on the
+    /// samples `scores` keeps ([`classifier_set`]) with their confidence
+    /// weights, a logit-adjusted loss (the kept set's prior) and the
+    /// stage-A recipe (mixup, crop, flip, SGD, cosine) for
+    /// `classifier_epochs` (default: the stage-A budget). Returns it in
+    /// validation mode with its accuracy on `test` (true labels when the
+    /// data has them).
+    pub fn train_classifier(&self, train: &TensorSet, test: &TensorSet, scores: &Scores) -> Result<(Net, AccuracyMetrics)> {
+        let cfg = &self.config;
+        if scores.flagged.len() != train.len() || scores.weight.len() != train.len() || scores.noise_score.len() != train.len() {
+            return Err(Error::Argument(format!("{} scores for {} training samples", scores.flagged.len(), train.len())));
+        }
+        let (keep, weight) = classifier_set(scores, &train.labels, self.classes, cfg.classifier_min_keep);
+        let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
+        let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
+        let clf = self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), None, Some((&weight, &lp)))?.valid();
+        let test_idx: Vec<usize> = (0..test.len()).collect();
+        let p = self.probabilities(&clf, test, &test_idx, "classifier test")?;
+        let pred: Vec<usize> = p.chunks(self.classes).map(baselines::argmax).collect();
+        let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
+        let acc = metrics::accuracy_metrics(&pred, &truth, &train.class_counts())?;
+        Ok((clf, acc))
     }
 
     /// Runs the configured method on `train`; with `test` and
@@ -877,18 +961,7 @@ impl<'a> Engine<'a> {
         };
         let (classifier, accuracy) = match (cfg.classifier, test) {
             (true, Some(test)) => {
-                let keep: Vec<usize> = (0..train.len()).filter(|&i| !scores.flagged[i]).collect();
-                let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
-                let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
-                let start = net_ad.clone();
-                let clf = self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), Some(start), Some((&scores.weight, &lp)))?;
-                let clf = clf.valid();
-                let test_idx: Vec<usize> = (0..test.len()).collect();
-                let p = self.probabilities(&clf, test, &test_idx, "classifier test")?;
-                let pred: Vec<usize> =
-                    p.chunks(self.classes).map(baselines::argmax).collect();
-                let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
-                let acc = metrics::accuracy_metrics(&pred, &truth, &counts)?;
+                let (clf, acc) = self.train_classifier(train, test, &scores)?;
                 (Some(clf), Some(acc))
             }
             _ => (None, None),
@@ -919,5 +992,31 @@ impl<'a> Engine<'a> {
             scores,
             report,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifier_set_never_empties_a_class() {
+        // Class 0: 4 samples, none flagged. Class 1: 4 samples, all flagged,
+        // with noise scores 0.9, 0.2, 0.6, 0.4.
+        let labels = [0, 0, 0, 0, 1, 1, 1, 1];
+        let flagged = vec![false, false, false, false, true, true, true, true];
+        let scores = Scores {
+            pred: vec![0; 8],
+            noise_score: vec![0.1, 0.1, 0.1, 0.1, 0.9, 0.2, 0.6, 0.4],
+            weight: flagged.iter().map(|&f| if f { score::NOISE_WEIGHT } else { 0.8 }).collect(),
+            flagged,
+        };
+        // Half of class 1 comes back, least suspicious first, at weight 0.5.
+        let (keep, w) = classifier_set(&scores, &labels, 2, 0.5);
+        assert_eq!(keep, vec![0, 1, 2, 3, 5, 7]);
+        assert_eq!((w[5], w[7], w[4], w[0]), (0.5, 0.5, score::NOISE_WEIGHT, 0.8));
+        // No floor: the flags alone decide; a full floor keeps everything.
+        assert_eq!(classifier_set(&scores, &labels, 2, 0.0).0, vec![0, 1, 2, 3]);
+        assert_eq!(classifier_set(&scores, &labels, 2, 1.0).0, (0..8).collect::<Vec<_>>());
     }
 }

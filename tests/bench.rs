@@ -52,7 +52,10 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
 fn train_then_eval_through_the_binary() {
     let t = tempfile::tempdir().unwrap();
     let id = t.path().join("id.zip");
-    let args = ["train", "--device", "cpu", "--epochs", "1", "--rounds", "1", "--identifier-epochs", "1", "-o", id.to_str().unwrap()];
+    let args = [
+        "train", "--device", "cpu", "--epochs", "1", "--rounds", "1", "--identifier-epochs", "1", "--classifier",
+        "--classifier-epochs", "1", "-o", id.to_str().unwrap(),
+    ];
     let o = h2e(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -83,6 +86,34 @@ fn train_then_eval_through_the_binary() {
     assert!(err.contains(&format!("ground truth (train: {} samples, {noisy} noisy)", train.len())), "{err}");
     assert!(err.contains("ground truth (test: "), "{err}");
     std::fs::remove_file(&csv).unwrap();
+    // The shipped classifier predicts every sample; its accuracy on the clean
+    // test split is what the CSV says, and what eval recorded at training.
+    let pred = t.path().join("p.csv");
+    let o = h2e(&["classify", id.to_str().unwrap(), data.to_str().unwrap(), "--device", "cpu", "--report", pred.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&pred).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,given_label,predicted_label,probability,error"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), src.samples().len());
+    let by_path: std::collections::HashMap<&str, &h2e::data::SampleMeta> = src.samples().iter().map(|s| (s.path.as_str(), s)).collect();
+    let (mut right, mut total) = (0, 0);
+    for r in &rows {
+        let meta = by_path[r[0]];
+        assert!(r[3].parse::<f32>().unwrap() > 0.0 && r[4].is_empty(), "{r:?}");
+        if meta.split == h2e::data::Split::Test {
+            total += 1;
+            right += (src.classes()[meta.true_label.unwrap()] == r[2]) as usize;
+        }
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&format!("test ({total} samples): accuracy {:.3}", right as f64 / total as f64)), "{err}");
+    let recorded = v["classifier"]["accuracy"].as_f64().unwrap();
+    assert!((recorded - right as f64 / total as f64).abs() < 1e-9, "{recorded} vs {right}/{total}");
+    std::fs::remove_file(&pred).unwrap();
+    // An identifier without a classifier is refused with a clear message.
+    let o = h2e(&["classify", data.to_str().unwrap(), data.to_str().unwrap()]);
+    assert!(!o.status.success());
     std::fs::remove_file(&data).unwrap();
     // Bad input: a missing data file and an unknown device are clear errors, nothing written.
     let o = h2e(&["train", "/no/such/data.zip", "--device", "cpu", "-o", t.path().join("x.zip").to_str().unwrap()]);

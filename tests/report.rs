@@ -51,7 +51,7 @@ fn merged_shard_reports_equal_the_unsharded_report() {
     // Per-sample flags (argmax rule, no caps); batches of one so every
     // sample is scored by the same computation in every run.
     let run = |out: &Path, shard: &str| {
-        let base = ["filter", s(&id), s(&data), "--device", "cpu", "--min-per-class", "0", "--batch-size", "1"];
+        let base = ["filter", s(&id), s(&data), "--device", "cpu", "--operating-point", "argmax", "--min-per-class", "0", "--batch-size", "1"];
         h2e(&[&base[..], &["--shard", shard, "--report", s(out)]].concat());
     };
     let whole = t.path().join("whole.csv");

@@ -98,6 +98,14 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     let id = Identifier::open(&a.identifier, selected.device)
         .with_context(|| format!("cannot open identifier {}", a.identifier.display()))?;
     let src = open_source(&a.data).with_context(|| format!("cannot open data source {}", a.data.display()))?;
+    let op = opts.operating_point(&id.config().operating_point);
+    if a.shard.count > 1 && (op.rule.needs_probabilities() || op.max_flag_rate.is_some() || op.min_per_class > 0) {
+        eprintln!(
+            "note: flags are decided within this shard (the {} rule and the caps are set-wide); \
+             --operating-point argmax --min-per-class 0 decides each sample alone",
+            op.rule
+        );
+    }
     let progress = TermProgress::new();
     let report = filter_source(&id, src.as_ref(), &opts, &progress)
         .with_context(|| format!("filtering {} with {}", a.data.display(), a.identifier.display()))?;

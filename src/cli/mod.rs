@@ -2,6 +2,7 @@
 //! group lives in its own file; the library does the work.
 
 mod bench;
+mod classify;
 mod data;
 mod filter;
 mod model;
@@ -38,6 +39,8 @@ pub enum Command {
     Eval(model::EvalArgs),
     /// Apply a saved identifier to new data and report suspected label issues.
     Filter(filter::FilterArgs),
+    /// Predict classes with the stage-2 classifier of an identifier trained with --classifier.
+    Classify(classify::ClassifyArgs),
     /// Render a filter report as one self-contained HTML page with thumbnails.
     Report(report::ReportArgs),
     /// Merge the reports of a sharded filter run into the unsharded report.
@@ -55,6 +58,7 @@ pub fn main() -> i32 {
         Command::Train(args) => model::train(args),
         Command::Eval(args) => model::eval(args),
         Command::Filter(args) => filter::filter(args),
+        Command::Classify(args) => classify::classify(args),
         Command::Report(args) => report::report(args),
         Command::Merge(args) => report::merge(args),
     };

@@ -56,13 +56,13 @@ pub struct TrainArgs {
     /// Also train the robust stage-2 classifier (needs a test split).
     #[arg(long)]
     pub classifier: bool,
-    /// Stage-2 epochs.
-    #[arg(long, default_value_t = 5)]
-    pub classifier_epochs: usize,
-    /// Flagging rule: argmax (adjusted prediction differs from the label),
-    /// confident-learning (per-class thresholds on the adjusted
-    /// probabilities) or threshold=T.
-    #[arg(long, default_value = "argmax")]
+    /// Stage-2 epochs (default: --epochs, the budget of the plain network it is compared with).
+    #[arg(long)]
+    pub classifier_epochs: Option<usize>,
+    /// Flagging rule: confident-learning (per-class noise-rate estimates on
+    /// the adjusted probabilities), argmax (adjusted prediction differs
+    /// from the label, the paper's rule) or threshold=T.
+    #[arg(long, default_value = "confident-learning")]
     pub operating_point: Rule,
     /// Flag when the noise score reaches this value (same as --operating-point threshold=T).
     #[arg(long)]
@@ -232,8 +232,20 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
             None => println!("round {}: flagged {} (no ground truth)", r.round, r.flagged),
         }
     }
+    let line = |name: &str, m: &h2e::metrics::AccuracyMetrics| {
+        println!(
+            "{name}: test accuracy {:.3}, balanced {:.3}; many / medium / few-shot {}",
+            m.accuracy,
+            m.balanced_accuracy,
+            [m.many_shot, m.medium_shot, m.few_shot].map(|v| v.map_or("n/a".into(), |v| format!("{v:.3}"))).join(" / ")
+        )
+    };
     if let Some(c) = &report.classifier {
-        println!("classifier: accuracy {:.3}, balanced {:.3}", c.accuracy, c.balanced_accuracy);
+        line("stage-2 classifier", c);
+    }
+    if let Some(r) = &report.reference {
+        line("plain network (every sample)", &r.ce);
+        line("plain network + post-hoc logit adjustment", &r.ce_post_hoc_la);
     }
     Ok(0)
 }
