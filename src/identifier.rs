@@ -307,6 +307,11 @@ impl Identifier {
 
     /// The head's raw logits `W f + b` of a non-empty batch.
     fn raw_logits(&self, batch: &PackedBatch) -> Result<Tensor<2>> {
+        Ok(self.head.raw(self.net.backbone.forward(self.input(batch)?)))
+    }
+
+    /// A batch preprocessed as training did (after checking its channels).
+    fn input(&self, batch: &PackedBatch) -> Result<Tensor<4>> {
         if batch.channels() != self.config.channels {
             return Err(Error::Argument(format!(
                 "the identifier expects {}-channel images, the batch has {}",
@@ -314,8 +319,7 @@ impl Identifier {
                 batch.channels()
             )));
         }
-        let x = kernels::preprocess(&self.device, batch, &self.params())?;
-        Ok(self.head.raw(self.net.backbone.forward(x)))
+        kernels::preprocess(&self.device, batch, &self.params())
     }
 
     /// Scores a whole in-memory set (already at the identifier's size) and
@@ -346,15 +350,7 @@ impl Identifier {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        if batch.channels() != self.config.channels {
-            return Err(Error::Argument(format!(
-                "the identifier expects {}-channel images, the batch has {}",
-                self.config.channels,
-                batch.channels()
-            )));
-        }
-        let x = kernels::preprocess(&self.device, batch, &self.params())?;
-        read_f32(burn::tensor::activation::softmax(clf.forward(x), 1), "classifier probabilities")
+        read_f32(burn::tensor::activation::softmax(clf.forward(self.input(batch)?), 1), "classifier probabilities")
     }
 
     /// Predictions of the stage-2 classifier for a packed batch.
