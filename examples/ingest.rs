@@ -14,8 +14,10 @@
 //!
 //! - `OUT_DIR/clean/<class>/<file>` when the identifier accepts its label, or
 //! - `OUT_DIR/quarantine/<class>/<file>` when the label looks wrong (the
-//!   identifier's rule, or `noise_score >= T` with `--threshold T`), the
-//!   class is unknown to the identifier, or the file is not a readable image.
+//!   identifier's rule, with `argmax` for the default `confident-learning`
+//!   since that one decides over a whole set; or `noise_score >= T` with
+//!   `--threshold T`), the class is unknown to the identifier, or the file
+//!   is not a readable image.
 //!
 //! Hidden files and anything not at `<class>/<file>` are skipped. Since each
 //! image is decided alone, the identifier's global caps (maximum flag rate,
