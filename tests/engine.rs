@@ -134,6 +134,17 @@ fn stage_two_classifier_reports_test_accuracy() {
     assert_eq!(acc.samples, test.len());
     assert!(acc.balanced_accuracy > 0.5, "{acc:?}");
     assert!(t.classifier.is_some());
+    // Training the classifier leaves the identifier as it scored: the saved
+    // bundle reproduces the recorded flags and scores. (An earlier build
+    // fine-tuned a clone of the final backbone; clones share batch norm's
+    // running statistics, so the saved identifier no longer matched.)
+    let (flags, want) = (t.scores.flagged.clone(), t.scores.noise_score.clone());
+    let id = Identifier::from_trained(t, &set, Device::flex()).unwrap();
+    let got = id.score_set(&set, None).unwrap();
+    assert_eq!(got.flagged, flags);
+    for (a, b) in got.noise_score.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-5, "saved identifier scores {a}, training scored {b}");
+    }
 }
 
 fn wgpu() -> Option<Device> {
