@@ -109,7 +109,7 @@ fn main() -> Result<()> {
     // learning decides over a whole set, so one image at a time it becomes
     // the argmax rule.
     let base = match id.config().operating_point.rule {
-        Rule::ConfidentLearning => Rule::Argmax,
+        Rule::ConfidentLearning | Rule::NoiseRate => Rule::Argmax,
         rule => rule,
     };
     let op = OperatingPoint { rule: a.threshold.map_or(base, Rule::Threshold), max_flag_rate: None, min_per_class: 0 };

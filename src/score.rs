@@ -76,12 +76,17 @@ pub enum Rule {
     /// H2E's tail recall without over-flagging head classes.
     #[default]
     ConfidentLearning,
+    /// [`Rule::Argmax`]'s flags, at most the estimated number of noisy
+    /// samples per class (confident learning's noise-rate estimate on the
+    /// adjusted probabilities times the class size), highest noise score
+    /// first. Needs the full probability matrix.
+    NoiseRate,
 }
 
 impl Rule {
     /// Whether deciding needs the full `[n, classes]` probability matrix.
     pub fn needs_probabilities(&self) -> bool {
-        matches!(self, Rule::ConfidentLearning)
+        matches!(self, Rule::ConfidentLearning | Rule::NoiseRate)
     }
 }
 
@@ -91,6 +96,7 @@ impl std::fmt::Display for Rule {
         match self {
             Rule::Argmax => f.write_str("argmax"),
             Rule::ConfidentLearning => f.write_str("confident-learning"),
+            Rule::NoiseRate => f.write_str("noise-rate"),
             Rule::Threshold(t) => write!(f, "threshold={t}"),
         }
     }
@@ -102,10 +108,11 @@ impl std::str::FromStr for Rule {
         match s {
             "argmax" => Ok(Rule::Argmax),
             "confident-learning" | "cl" => Ok(Rule::ConfidentLearning),
+            "noise-rate" => Ok(Rule::NoiseRate),
             t => match t.strip_prefix("threshold=").map(str::parse::<f32>) {
                 Some(Ok(v)) if (0.0..=1.0).contains(&v) => Ok(Rule::Threshold(v)),
                 _ => Err(crate::Error::Argument(format!(
-                    "unknown operating point {s:?}; expected argmax, confident-learning or threshold=T with T in [0, 1]"
+                    "unknown operating point {s:?}; expected confident-learning, argmax, noise-rate or threshold=T with T in [0, 1]"
                 ))),
             },
         }
@@ -155,6 +162,23 @@ pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], class
                 Error::Argument("the confident-learning operating point needs the adjusted probabilities".into())
             })?;
             crate::baselines::confident_learning(probs, labels, classes)?.detection.flagged
+        }
+        Rule::NoiseRate => {
+            let probs = probs.ok_or_else(|| {
+                Error::Argument("the noise-rate operating point needs the adjusted probabilities".into())
+            })?;
+            let rate = crate::baselines::confident_learning(probs, labels, classes)?.noise_rate;
+            let mut flagged = vec![false; per.len()];
+            for c in 0..classes {
+                let members: Vec<usize> = (0..per.len()).filter(|&i| labels[i] == c).collect();
+                let cap = (rate[c] * members.len() as f64).round() as usize;
+                let mut idx: Vec<usize> = members.into_iter().filter(|&i| per[i].pred != c).collect();
+                idx.sort_by(|&a, &b| per[b].noise_score.total_cmp(&per[a].noise_score).then(a.cmp(&b)));
+                for &i in idx.iter().take(cap) {
+                    flagged[i] = true;
+                }
+            }
+            flagged
         }
     };
     Ok(apply_caps(per, flagged, labels, classes, op))
@@ -305,7 +329,20 @@ mod tests {
         assert_eq!("cl".parse::<Rule>().unwrap(), Rule::ConfidentLearning);
         assert_eq!("threshold=0.7".parse::<Rule>().unwrap(), Rule::Threshold(0.7));
         assert!("threshold=2".parse::<Rule>().is_err() && "median".parse::<Rule>().is_err());
-        for r in [Rule::Argmax, Rule::ConfidentLearning, Rule::Threshold(0.25)] {
+        // noise-rate: a subset of argmax's flags, at most the estimated noisy count per class.
+        let op = OperatingPoint { rule: Rule::NoiseRate, min_per_class: 0, ..Default::default() };
+        assert!(apply(&per, None, &labels, 2, &op).is_err());
+        let nr = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
+        let rate = crate::baselines::confident_learning(&probs, &labels, 2).unwrap().noise_rate;
+        let am = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { rule: Rule::Argmax, ..op }).unwrap();
+        for c in 0..2 {
+            let n = labels.iter().filter(|&&l| l == c).count();
+            let flags = (0..10).filter(|&i| labels[i] == c && nr.flagged[i]).count();
+            assert!(flags as f64 <= (rate[c] * n as f64).round());
+        }
+        assert!(nr.flagged.iter().zip(&am.flagged).all(|(n, a)| !n || *a));
+        assert!(nr.flagged[2]);
+        for r in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Threshold(0.25)] {
             assert_eq!(r.to_string().parse::<Rule>().unwrap(), r);
         }
     }

@@ -61,7 +61,8 @@ pub struct TrainArgs {
     pub classifier_epochs: Option<usize>,
     /// Flagging rule: confident-learning (per-class noise-rate estimates on
     /// the adjusted probabilities), argmax (adjusted prediction differs
-    /// from the label, the paper's rule) or threshold=T.
+    /// from the label, the paper's rule), noise-rate (argmax capped per
+    /// class at the estimated noisy count) or threshold=T.
     #[arg(long, default_value = "confident-learning")]
     pub operating_point: Rule,
     /// Flag when the noise score reaches this value (same as --operating-point threshold=T).
