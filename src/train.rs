@@ -484,15 +484,13 @@ impl<'a> Engine<'a> {
     /// (weights, log_prior)` (the robust classifier), the loss is weighted
     /// per sample and logit-adjusted: the network's logits plus `log_prior`
     /// go into the cross-entropy (Menon et al. 2021), so its raw logits are
-    /// balanced. `start` continues from a network instead of a fresh one.
-    /// Returns the autodiff network.
+    /// balanced. Returns the autodiff network.
     fn train_net(
         &self,
         set: &TensorSet,
         indices: &[usize],
         name: &str,
         seed: u64,
-        start: Option<Net>,
         stage2: Option<(&[f32], &[f32])>,
     ) -> Result<Net> {
         let cfg = &self.config;
@@ -501,12 +499,9 @@ impl<'a> Engine<'a> {
             Some(_) => (cfg.classifier_epochs.unwrap_or(cfg.epochs), cfg.classifier_lr.unwrap_or(cfg.lr)),
             None => (cfg.epochs, cfg.lr),
         };
-        let mut model = match start {
-            Some(net) => net,
-            None => {
-                crate::model::seeded(Net::new(self.kind(), self.channels, self.size, self.classes, &ad), seed)
-            }
-        };
+        // Always a fresh network: a clone of another would share its batch
+        // norm running statistics and move them while training.
+        let mut model = crate::model::seeded(Net::new(self.kind(), self.channels, self.size, self.classes, &ad), seed);
         let mut optim = sgd(cfg.momentum, cfg.weight_decay, None);
         let bs = cfg.batch_size.min(indices.len()).max(1);
         let steps_per_epoch = indices.len().div_ceil(bs);
@@ -859,7 +854,7 @@ impl<'a> Engine<'a> {
         let (keep, weight) = classifier_set(scores, &train.labels, self.classes, cfg.classifier_min_keep);
         let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
         let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
-        let clf = self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), None, Some((&weight, &lp)))?.valid();
+        let clf = self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), Some((&weight, &lp)))?.valid();
         let test_idx: Vec<usize> = (0..test.len()).collect();
         let p = self.probabilities(&clf, test, &test_idx, "classifier test")?;
         let pred: Vec<usize> = p.chunks(self.classes).map(baselines::argmax).collect();
@@ -890,7 +885,7 @@ impl<'a> Engine<'a> {
                 for r in 1..=cfg.rounds {
                     let t = Instant::now();
                     let seed = cfg.seed.wrapping_add(1000 * r as u64);
-                    let net = self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None, None)?;
+                    let net = self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None)?;
                     if r == 1 {
                         first_net = Some(net.valid());
                     }
@@ -914,7 +909,7 @@ impl<'a> Engine<'a> {
             }
             method => {
                 let t = Instant::now();
-                let net = self.train_net(train, &all, "backbone", cfg.seed, None, None)?;
+                let net = self.train_net(train, &all, "backbone", cfg.seed, None)?;
                 let valid = net.valid();
                 let in_sample = self.probabilities(&valid, train, &all, "predicting")?;
                 let detection = match method {
@@ -928,7 +923,7 @@ impl<'a> Engine<'a> {
                         let mut oos = vec![0f32; train.len() * self.classes];
                         for (k, (fit, held)) in folds.iter().enumerate() {
                             let name = format!("fold {}/{}", k + 1, folds.len());
-                            let fold_net = self.train_net(train, fit, &name, cfg.seed.wrapping_add(k as u64 + 1), None, None)?;
+                            let fold_net = self.train_net(train, fit, &name, cfg.seed.wrapping_add(k as u64 + 1), None)?;
                             let p = self.probabilities(&fold_net.valid(), train, held, &format!("{name} predicting"))?;
                             for (j, &i) in held.iter().enumerate() {
                                 oos[i * self.classes..(i + 1) * self.classes]
