@@ -137,13 +137,13 @@ pub fn run(
 /// A markdown table of `rows`.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
-        "| draw | method | operating point | round | P | R | F1 | F1 head | F1 tail | AUROC | flagged / noisy | bal. acc | few-shot acc | s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| draw | method | operating point | round | P | R | F1 | F1 head | F1 tail | AUROC | flagged / noisy | bal. acc | few-shot acc | plain / post-hoc LA bal. acc | s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
     for r in rows {
         let d = &r.detection;
         s += &format!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} / {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} / {} | {} | {} | {} / {} | {:.0} |\n",
             draw_name(&r.draw),
             r.method.as_str(),
             r.operating_point.as_deref().unwrap_or("default"),
@@ -158,6 +158,8 @@ pub fn table(rows: &[BenchRow]) -> String {
             d.noisy,
             f(r.classifier.as_ref().map(|c| c.balanced_accuracy)),
             f(r.classifier.as_ref().and_then(|c| c.few_shot)),
+            f(r.reference.as_ref().map(|c| c.ce.balanced_accuracy)),
+            f(r.reference.as_ref().map(|c| c.ce_post_hoc_la.balanced_accuracy)),
             r.seconds
         );
     }
