@@ -169,9 +169,9 @@ pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], class
             })?;
             let rate = crate::baselines::confident_learning(probs, labels, classes)?.noise_rate;
             let mut flagged = vec![false; per.len()];
-            for c in 0..classes {
+            for (c, r) in rate.iter().enumerate() {
                 let members: Vec<usize> = (0..per.len()).filter(|&i| labels[i] == c).collect();
-                let cap = (rate[c] * members.len() as f64).round() as usize;
+                let cap = (r * members.len() as f64).round() as usize;
                 let mut idx: Vec<usize> = members.into_iter().filter(|&i| per[i].pred != c).collect();
                 idx.sort_by(|&a, &b| per[b].noise_score.total_cmp(&per[a].noise_score).then(a.cmp(&b)));
                 for &i in idx.iter().take(cap) {
@@ -335,10 +335,10 @@ mod tests {
         let nr = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
         let rate = crate::baselines::confident_learning(&probs, &labels, 2).unwrap().noise_rate;
         let am = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { rule: Rule::Argmax, ..op }).unwrap();
-        for c in 0..2 {
+        for (c, r) in rate.iter().enumerate() {
             let n = labels.iter().filter(|&&l| l == c).count();
             let flags = (0..10).filter(|&i| labels[i] == c && nr.flagged[i]).count();
-            assert!(flags as f64 <= (rate[c] * n as f64).round());
+            assert!(flags as f64 <= (r * n as f64).round());
         }
         assert!(nr.flagged.iter().zip(&am.flagged).all(|(n, a)| !n || *a));
         assert!(nr.flagged[2]);
