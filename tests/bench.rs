@@ -111,9 +111,12 @@ fn train_then_eval_through_the_binary() {
     let recorded = v["classifier"]["accuracy"].as_f64().unwrap();
     assert!((recorded - right as f64 / total as f64).abs() < 1e-9, "{recorded} vs {right}/{total}");
     std::fs::remove_file(&pred).unwrap();
-    // An identifier without a classifier is refused with a clear message.
-    let o = h2e(&["classify", data.to_str().unwrap(), data.to_str().unwrap()]);
-    assert!(!o.status.success());
+    // Something that is not an identifier is refused with a message naming
+    // it, and no report is left behind.
+    let o = h2e(&["classify", data.to_str().unwrap(), data.to_str().unwrap(), "--device", "cpu", "--report", pred.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(data.to_str().unwrap()), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!pred.exists());
     std::fs::remove_file(&data).unwrap();
     // Bad input: a missing data file and an unknown device are clear errors, nothing written.
     let o = h2e(&["train", "/no/such/data.zip", "--device", "cpu", "-o", t.path().join("x.zip").to_str().unwrap()]);
