@@ -105,51 +105,62 @@ pub fn classify_source(id: &Identifier, src: &dyn Source, batch_size: usize, pro
             order[from..to].chunks(batch_size)
         })
         .collect();
-    let mut rows = Vec::with_capacity(n);
-    let mut at_row = vec![0usize; n];
+    let mut rows: Vec<ClassifyRow> = src
+        .samples()
+        .iter()
+        .map(|meta| ClassifyRow {
+            path: meta.path.clone(),
+            split: meta.split,
+            given_label: if src.labelled() { src.classes().get(meta.label).cloned().unwrap_or_default() } else { String::new() },
+            predicted_label: String::new(),
+            probability: None,
+            error: None,
+        })
+        .collect();
     progress.event(Event::Start { stage: "classify", total: n as u64 });
+    let mut done = 0;
     for chunk in chunks {
-        let images = decode(src, chunk, channels, size);
         let mut batch = PackedBatch::new(id.channels())?;
-        let mut at = Vec::new();
-        for (&i, image) in chunk.iter().zip(images) {
-            let meta = &src.samples()[i];
-            let given = if src.labelled() { src.classes().get(meta.label).cloned().unwrap_or_default() } else { String::new() };
-            let mut row =
-                ClassifyRow { path: meta.path.clone(), split: meta.split, given_label: given, predicted_label: String::new(), probability: None, error: None };
+        let mut scored = Vec::new();
+        for (&i, image) in chunk.iter().zip(decode(src, chunk, channels, size)) {
             match image {
                 Ok(img) => {
                     batch.push(size, size, &img.pixels)?;
-                    at.push(rows.len());
+                    scored.push(i);
                 }
-                Err(e) => row.error = Some(e.to_string()),
+                Err(e) => rows[i].error = Some(e.to_string()),
             }
-            at_row[i] = rows.len();
-            rows.push(row);
         }
         let p = id.classifier_probabilities(&batch)?;
-        for (row, probs) in at.into_iter().zip(p.chunks(classes.len())) {
+        for (i, probs) in scored.into_iter().zip(p.chunks(classes.len())) {
             let k = crate::baselines::argmax(probs);
-            rows[row].predicted_label = classes[k].clone();
-            rows[row].probability = Some(probs[k]);
+            rows[i].predicted_label = classes[k].clone();
+            rows[i].probability = Some(probs[k]);
         }
-        let rate = rows.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        progress.event(Event::Advance { done: rows.len() as u64, message: &format!("{rate:.0} images/s") });
+        done += chunk.len();
+        let rate = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        progress.event(Event::Advance { done: done as u64, message: &format!("{rate:.0} images/s") });
     }
-    progress.event(Event::Finish { summary: &format!("{} samples classified", rows.len()) });
-    // Back to source order.
-    let mut slots: Vec<Option<ClassifyRow>> = rows.into_iter().map(Some).collect();
-    let rows = (0..n).map(|i| slots[at_row[i]].take().expect("one row per sample")).collect();
+    progress.event(Event::Finish { summary: &format!("{n} samples classified") });
     Ok(ClassifyReport { rows, seconds: t0.elapsed().as_secs_f64() })
 }
 
-/// Accuracy of a classification run per split, against the true labels
-/// when the source has them (NLT bundles) and the given labels otherwise;
-/// rows with errors or of classes the identifier does not know are left
-/// out. The many / medium / few-shot groups come from the identifier's
-/// training counts (the order of its class priors for a bundle without
-/// a report). Empty for unlabelled sources.
+/// Accuracy per split of `report`, a [`classify_source`] run on `src`
+/// (one row per sample, in source order), against the true labels when
+/// the source has them (NLT bundles) and the given labels otherwise; rows
+/// with errors or of classes the identifier does not know are left out.
+/// The many / medium / few-shot groups come from the identifier's training
+/// counts (the order of its class priors for a bundle without a report).
+/// Empty for unlabelled sources.
 pub fn accuracy(report: &ClassifyReport, src: &dyn Source, id: &Identifier) -> Result<Vec<(Split, AccuracyMetrics)>> {
+    if report.rows.len() != src.samples().len() {
+        return Err(Error::Argument(format!(
+            "{} report rows for {} samples in {}",
+            report.rows.len(),
+            src.samples().len(),
+            src.location()
+        )));
+    }
     if !src.labelled() {
         return Ok(Vec::new());
     }
@@ -158,15 +169,14 @@ pub fn accuracy(report: &ClassifyReport, src: &dyn Source, id: &Identifier) -> R
         Some(r) if r.class_counts.len() == classes.len() => r.class_counts.clone(),
         _ => id.config().class_priors.iter().map(|&p| (p as f64 * 1e6).round() as usize).collect(),
     };
-    let by_path: std::collections::HashMap<&str, usize> =
-        src.samples().iter().enumerate().map(|(i, s)| (s.path.as_str(), i)).collect();
     let index = |name: &str| classes.iter().position(|c| c == name);
     let mut out = Vec::new();
     for split in Split::ALL {
         let (mut pred, mut truth) = (Vec::new(), Vec::new());
-        for row in rows_of(report, split) {
-            let Some(&i) = by_path.get(row.path.as_str()) else { continue };
-            let meta = &src.samples()[i];
+        for (row, meta) in report.rows.iter().zip(src.samples()) {
+            if meta.split != split || row.error.is_some() {
+                continue;
+            }
             let t = meta.true_label.unwrap_or(meta.label);
             let (Some(t), Some(p)) = (src.classes().get(t).and_then(|n| index(n)), index(&row.predicted_label)) else { continue };
             pred.push(p);
@@ -177,8 +187,4 @@ pub fn accuracy(report: &ClassifyReport, src: &dyn Source, id: &Identifier) -> R
         }
     }
     Ok(out)
-}
-
-fn rows_of(report: &ClassifyReport, split: Split) -> impl Iterator<Item = &ClassifyRow> {
-    report.rows.iter().filter(move |r| r.split == split && r.error.is_none())
 }
