@@ -154,34 +154,42 @@ pub struct Scores {
 /// (`classes` classes) under `op`. `probs` is the row-major adjusted
 /// probability matrix, needed only when [`Rule::needs_probabilities`].
 pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], classes: usize, op: &OperatingPoint) -> Result<Scores> {
+    let needs_probs =
+        || probs.ok_or_else(|| Error::Argument(format!("the {} operating point needs the adjusted probabilities", op.rule)));
     let flagged: Vec<bool> = match op.rule {
         Rule::Argmax => per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect(),
         Rule::Threshold(t) => per.iter().map(|s| s.noise_score >= t).collect(),
-        Rule::ConfidentLearning => {
-            let probs = probs.ok_or_else(|| {
-                Error::Argument("the confident-learning operating point needs the adjusted probabilities".into())
-            })?;
-            crate::baselines::confident_learning(probs, labels, classes)?.detection.flagged
-        }
+        Rule::ConfidentLearning => crate::baselines::confident_learning(needs_probs()?, labels, classes)?.detection.flagged,
         Rule::NoiseRate => {
-            let probs = probs.ok_or_else(|| {
-                Error::Argument("the noise-rate operating point needs the adjusted probabilities".into())
-            })?;
-            let rate = crate::baselines::confident_learning(probs, labels, classes)?.noise_rate;
-            let mut flagged = vec![false; per.len()];
-            for (c, r) in rate.iter().enumerate() {
-                let members: Vec<usize> = (0..per.len()).filter(|&i| labels[i] == c).collect();
-                let cap = (r * members.len() as f64).round() as usize;
-                let mut idx: Vec<usize> = members.into_iter().filter(|&i| per[i].pred != c).collect();
-                idx.sort_by(|&a, &b| per[b].noise_score.total_cmp(&per[a].noise_score).then(a.cmp(&b)));
-                for &i in idx.iter().take(cap) {
-                    flagged[i] = true;
-                }
-            }
+            let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
+            let mut flagged: Vec<bool> = per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect();
+            cap_per_class(per, &mut flagged, labels, classes, |c, n| (rate[c] * n as f64).round() as usize);
             flagged
         }
     };
     Ok(apply_caps(per, flagged, labels, classes, op))
+}
+
+/// Samples sorted by noise score, highest first (index as tie-break:
+/// deterministic).
+fn by_score(per: &[SampleScore], idx: &mut [usize]) {
+    idx.sort_by(|&a, &b| per[b].noise_score.total_cmp(&per[a].noise_score).then(a.cmp(&b)));
+}
+
+/// Leaves, in every class `c` of `n` samples, at most `max_flags(c, n)`
+/// flags: the highest-scored ones.
+fn cap_per_class(per: &[SampleScore], flagged: &mut [bool], labels: &[usize], classes: usize, max_flags: impl Fn(usize, usize) -> usize) {
+    for c in 0..classes {
+        let members: Vec<usize> = (0..per.len()).filter(|&i| labels[i] == c).collect();
+        let cap = max_flags(c, members.len());
+        let mut idx: Vec<usize> = members.into_iter().filter(|&i| flagged[i]).collect();
+        if idx.len() > cap {
+            by_score(per, &mut idx);
+            for &i in &idx[cap..] {
+                flagged[i] = false;
+            }
+        }
+    }
 }
 
 /// Applies `op`'s caps (maximum flag rate, minimum kept per class) to flags
@@ -189,32 +197,18 @@ pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], class
 /// Caps unflag the lowest-scored samples first.
 pub fn apply_caps(per: &[SampleScore], mut flagged: Vec<bool>, labels: &[usize], classes: usize, op: &OperatingPoint) -> Scores {
     let n = per.len();
-    // Highest scores first, index as tie-break: deterministic.
-    let by_score = |idx: &mut Vec<usize>| {
-        idx.sort_by(|&a, &b| per[b].noise_score.total_cmp(&per[a].noise_score).then(a.cmp(&b)));
-    };
     if let Some(rate) = op.max_flag_rate {
         let cap = (rate.clamp(0.0, 1.0) as f64 * n as f64).floor() as usize;
         let mut idx: Vec<usize> = (0..n).filter(|&i| flagged[i]).collect();
         if idx.len() > cap {
-            by_score(&mut idx);
+            by_score(per, &mut idx);
             for &i in &idx[cap..] {
                 flagged[i] = false;
             }
         }
     }
     if op.min_per_class > 0 {
-        for c in 0..classes {
-            let members: Vec<usize> = (0..n).filter(|&i| labels[i] == c).collect();
-            let keep_max_flags = members.len().saturating_sub(op.min_per_class);
-            let mut idx: Vec<usize> = members.into_iter().filter(|&i| flagged[i]).collect();
-            if idx.len() > keep_max_flags {
-                by_score(&mut idx);
-                for &i in &idx[keep_max_flags..] {
-                    flagged[i] = false;
-                }
-            }
-        }
+        cap_per_class(per, &mut flagged, labels, classes, |_, n| n.saturating_sub(op.min_per_class));
     }
     let kept = (0..n).filter(|&i| !flagged[i]).map(|i| per[i].max_prob);
     let (lo, hi) = kept.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| (lo.min(p), hi.max(p)));
