@@ -14,8 +14,8 @@
 //!
 //! - `OUT_DIR/clean/<class>/<file>` when the identifier accepts its label, or
 //! - `OUT_DIR/quarantine/<class>/<file>` when the label looks wrong (the
-//!   identifier's rule, with `argmax` for the default `confident-learning`
-//!   since that one decides over a whole set; or `noise_score >= T` with
+//!   identifier's rule, with `argmax` for `confident-learning` and
+//!   `noise-rate` since those decide over a whole set; or `noise_score >= T` with
 //!   `--threshold T`), the class is unknown to the identifier, or the file
 //!   is not a readable image.
 //!

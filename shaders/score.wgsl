@@ -4,6 +4,7 @@
 // log(pi) (the semantics of `h2e::score::per_sample`, the reference):
 //   a_k        = z_ik - tau_k * log(pi_k)           (adjusted logits)
 //   m          = max_k a_k, pred = lowest k with a_k = m (first strict maximum)
+//   plain      = lowest k with z_ik = max_k z_ik (the unadjusted prediction)
 //   sum        = sum_k exp(a_k - m)                  (max-subtracted: no overflow)
 //   max_prob   = 1 / sum
 //   prob_label = exp(a_label - m) / sum, or max_prob when the label is outside
@@ -18,7 +19,7 @@
 //   1 labels : array<i32>, in          [n]
 //   2 params : array<u32>, in          [n, classes, tau (classes x f32 bits),
 //                                       log_prior (classes x f32 bits)]
-//   3 pred   : array<i32>, out        [n]
+//   3 pred   : array<i32>, out        [2, n]: pred, plain
 //   4 scores : array<f32>, out        [3, n]: noise, max_prob, prob_label
 // Workgroup size 64 (1-D). Dispatch: g = ceil(n / 64) groups as
 // (min(g, 65535), ceil(g / 65535), 1); the linear index is
@@ -55,7 +56,7 @@ fn main(
     }
     let row = i * classes;
     if (row + classes > arrayLength(&logits) || 2u + 2u * classes > arrayLength(&params)
-        || i >= arrayLength(&labels) || i >= arrayLength(&pred)
+        || i >= arrayLength(&labels) || n + i >= arrayLength(&pred)
         || 2u * n + i >= arrayLength(&scores)) {
         return;
     }
@@ -69,6 +70,14 @@ fn main(
             best = k;
         }
     }
+    var plain = 0u;
+    var zmax = logits[row];
+    for (var k = 1u; k < classes; k = k + 1u) {
+        if (logits[row + k] > zmax) {
+            zmax = logits[row + k];
+            plain = k;
+        }
+    }
     var sum = 0.0;
     for (var k = 0u; k < classes; k = k + 1u) {
         sum = sum + exp(adjusted(row, k, classes) - m);
@@ -80,6 +89,7 @@ fn main(
         prob_label = exp(adjusted(row, u32(label), classes) - m) / sum;
     }
     pred[i] = i32(best);
+    pred[n + i] = i32(plain);
     scores[i] = clamp(1.0 - prob_label, 0.0, 1.0);
     scores[n + i] = max_prob;
     scores[2u * n + i] = prob_label;

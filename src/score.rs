@@ -26,6 +26,9 @@ pub const NOISE_WEIGHT: f32 = 0.01;
 pub struct SampleScore {
     /// Argmax of the adjusted logits.
     pub pred: usize,
+    /// Argmax of the raw logits `z` (no prior adjustment): what a
+    /// classifier of the long-tailed training distribution would predict.
+    pub plain_pred: usize,
     /// `1 - p[label]` (or `1 - max p` when unlabelled).
     pub noise_score: f32,
     /// Max adjusted probability.
@@ -41,11 +44,15 @@ pub fn per_sample(logits: &[f32], label: Option<usize>, tau: &[f32], log_prior: 
     let mut adj = vec![0f32; c];
     let mut m = f32::NEG_INFINITY;
     let mut pred = 0;
+    let mut plain_pred = 0;
     for k in 0..c {
         adj[k] = logits[k] - tau[k] * log_prior[k];
         if adj[k] > m {
             m = adj[k];
             pred = k;
+        }
+        if logits[k] > logits[plain_pred] {
+            plain_pred = k;
         }
     }
     let mut sum = 0f32;
@@ -55,7 +62,7 @@ pub fn per_sample(logits: &[f32], label: Option<usize>, tau: &[f32], log_prior: 
     }
     let max_prob = 1.0 / sum;
     let prob_label = label.map(|l| adj[l] / sum).unwrap_or(max_prob);
-    SampleScore { pred, noise_score: (1.0 - prob_label).clamp(0.0, 1.0), max_prob, prob_label }
+    SampleScore { pred, plain_pred, noise_score: (1.0 - prob_label).clamp(0.0, 1.0), max_prob, prob_label }
 }
 
 /// How flags are decided from the scores.
@@ -71,16 +78,24 @@ pub enum Rule {
     /// confident joint and prune-by-noise-rate (cleanlab's defaults),
     /// computed from the identifier's *adjusted* probabilities of the
     /// scored set instead of ordinary ones. Needs the full probability
-    /// matrix. The default: it flags a subset of what [`Rule::Argmax`]
-    /// flags, sized per class by the estimated noise rate, so it keeps
-    /// H2E's tail recall without over-flagging head classes.
-    #[default]
+    /// matrix. It flags a subset of what [`Rule::Argmax`] flags, sized per
+    /// class by the estimated noise rate.
     ConfidentLearning,
     /// [`Rule::Argmax`]'s flags, at most the estimated number of noisy
     /// samples per class (confident learning's noise-rate estimate on the
     /// adjusted probabilities times the class size), highest noise score
     /// first. Needs the full probability matrix.
     NoiseRate,
+    /// Flag when the adjusted prediction *and* the plain prediction (the
+    /// raw logits `z`, no prior adjustment) both differ from the label. The
+    /// prior adjustment alone over-flags head classes (their clean samples
+    /// whose adjusted prediction tips to a tail class); a plain prediction
+    /// that still agrees with the label vetoes those. Per sample, so shards
+    /// decide exactly as a whole set does. The default: it keeps the
+    /// adjusted rule's tail recall and flags a subset of what
+    /// [`Rule::Argmax`] flags.
+    #[default]
+    Agreement,
 }
 
 impl Rule {
@@ -97,6 +112,7 @@ impl std::fmt::Display for Rule {
             Rule::Argmax => f.write_str("argmax"),
             Rule::ConfidentLearning => f.write_str("confident-learning"),
             Rule::NoiseRate => f.write_str("noise-rate"),
+            Rule::Agreement => f.write_str("agreement"),
             Rule::Threshold(t) => write!(f, "threshold={t}"),
         }
     }
@@ -109,10 +125,11 @@ impl std::str::FromStr for Rule {
             "argmax" => Ok(Rule::Argmax),
             "confident-learning" | "cl" => Ok(Rule::ConfidentLearning),
             "noise-rate" => Ok(Rule::NoiseRate),
+            "agreement" => Ok(Rule::Agreement),
             t => match t.strip_prefix("threshold=").map(str::parse::<f32>) {
                 Some(Ok(v)) if (0.0..=1.0).contains(&v) => Ok(Rule::Threshold(v)),
                 _ => Err(crate::Error::Argument(format!(
-                    "unknown operating point {s:?}; expected confident-learning, argmax, noise-rate or threshold=T with T in [0, 1]"
+                    "unknown operating point {s:?}; expected confident-learning, argmax, agreement, noise-rate or threshold=T with T in [0, 1]"
                 ))),
             },
         }
@@ -158,6 +175,7 @@ pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], class
         || probs.ok_or_else(|| Error::Argument(format!("the {} operating point needs the adjusted probabilities", op.rule)));
     let flagged: Vec<bool> = match op.rule {
         Rule::Argmax => per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect(),
+        Rule::Agreement => per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect(),
         Rule::Threshold(t) => per.iter().map(|s| s.noise_score >= t).collect(),
         Rule::ConfidentLearning => crate::baselines::confident_learning(needs_probs()?, labels, classes)?.detection.flagged,
         Rule::NoiseRate => {
@@ -336,8 +354,34 @@ mod tests {
         }
         assert!(nr.flagged.iter().zip(&am.flagged).all(|(n, a)| !n || *a));
         assert!(nr.flagged[2]);
-        for r in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Threshold(0.25)] {
+        for r in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement, Rule::Threshold(0.25)] {
             assert_eq!(r.to_string().parse::<Rule>().unwrap(), r);
         }
+    }
+
+    #[test]
+    fn agreement_needs_both_predictions_to_disagree() {
+        // Class 0 is the head (pi 0.9), class 1 the tail (pi 0.1); tau 1
+        // shifts class 1 up by ln 9 = 2.2 relative to class 0.
+        let lp = [(0.9f32).ln(), (0.1f32).ln()];
+        let tau = [1.0, 1.0];
+        let logits = [
+            1.0, 0.0, // plain 0, adjusted 1: the prior alone tips it
+            3.0, 0.0, // plain 0, adjusted 0
+            0.0, 1.0, // plain 1, adjusted 1
+            3.0, 0.0, // plain 0, adjusted 0, but labelled 1
+        ];
+        let labels = [0, 0, 0, 1];
+        let per: Vec<SampleScore> = logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &tau, &lp)).collect();
+        assert_eq!(per.iter().map(|s| (s.pred, s.plain_pred)).collect::<Vec<_>>(), vec![(1, 0), (0, 0), (1, 1), (0, 0)]);
+        let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
+        let am = apply(&per, None, &labels, 2, &op(Rule::Argmax)).unwrap();
+        assert_eq!(am.flagged, vec![true, false, true, true]);
+        // Per sample: no probability matrix needed.
+        assert!(!Rule::Agreement.needs_probabilities());
+        let ag = apply(&per, None, &labels, 2, &op(Rule::Agreement)).unwrap();
+        assert_eq!(ag.flagged, vec![false, false, true, true]);
+        assert_eq!(ag.weight[2], NOISE_WEIGHT);
+        assert!(ag.weight[0] >= 0.5);
     }
 }

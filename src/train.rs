@@ -831,7 +831,7 @@ impl<'a> Engine<'a> {
     fn operating_points(&self, set: &TensorSet, per: &[SampleScore], probs: &[f32]) -> Result<Vec<(String, DetectionMetrics)>> {
         let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for rule in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate] {
+        for rule in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement] {
             let (name, op) = (rule.to_string(), OperatingPoint { rule, ..self.config.operating_point });
             let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
             out.push((name, metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &set.labels, self.classes)?));
@@ -939,7 +939,7 @@ impl<'a> Engine<'a> {
                     .map(|i| {
                         let row = &in_sample[i * self.classes..(i + 1) * self.classes];
                         let pred = baselines::argmax(row);
-                        SampleScore { pred, noise_score: detection.score[i], max_prob: maxp[i], prob_label: row[train.labels[i]] }
+                        SampleScore { pred, plain_pred: pred, noise_score: detection.score[i], max_prob: maxp[i], prob_label: row[train.labels[i]] }
                     })
                     .collect();
                 // The detector's own flags, then the operating point's caps.

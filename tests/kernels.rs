@@ -153,11 +153,18 @@ fn near_tie(row: &[f32], tau: &[f32], lp: &[f32]) -> bool {
 fn compare(got: &[SampleScore], want: &[SampleScore], logits: &[f32], tau: &[f32], lp: &[f32], what: &str) {
     assert_eq!(got.len(), want.len());
     let c = tau.len();
+    // The random priors and taus move the argmax on some rows, so a plain
+    // prediction copied from the adjusted one cannot pass.
+    if c > 2 && got.len() > 30 {
+        assert!(want.iter().any(|w| w.pred != w.plain_pred), "{what}: test data never separates the predictions");
+    }
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(g.noise_score.is_finite() && g.max_prob.is_finite() && g.prob_label.is_finite(), "{what} row {i}: {g:?}");
         if !near_tie(&logits[i * c..(i + 1) * c], tau, lp) {
             assert_eq!(g.pred, w.pred, "{what} row {i}");
         }
+        // The plain prediction compares raw logits only: exact everywhere.
+        assert_eq!(g.plain_pred, w.plain_pred, "{what} row {i}: plain prediction");
         for (a, b, name) in [(g.noise_score, w.noise_score, "noise"), (g.max_prob, w.max_prob, "max_prob"), (g.prob_label, w.prob_label, "prob_label")] {
             assert!((a - b).abs() < 2e-5, "{what} row {i}: {name} {a} vs {b}");
         }
@@ -200,6 +207,11 @@ fn score_ties_pick_the_lowest_index_on_wgpu() {
     let (lt, yt) = tensors(&device, &logits, &[2, 0], 4);
     let got = kernels::score_wgsl(&lt, &yt, &[0.0; 4], &[0.0; 4]).unwrap().unwrap().to_samples().unwrap();
     assert_eq!((got[0].pred, got[1].pred), (1, 0));
+    assert_eq!((got[0].plain_pred, got[1].plain_pred), (1, 0));
+    // A prior that lifts class 3 moves the adjusted prediction, not the plain one.
+    let got = kernels::score_wgsl(&lt, &yt, &[1.0; 4], &[0.0, 0.0, 0.0, -10.0]).unwrap().unwrap().to_samples().unwrap();
+    assert_eq!((got[0].pred, got[0].plain_pred, got[1].pred, got[1].plain_pred), (3, 1, 3, 0));
+    let got = kernels::score_wgsl(&lt, &yt, &[0.0; 4], &[0.0; 4]).unwrap().unwrap().to_samples().unwrap();
     let p_label = 1.0 / ((-3f32).exp() + 2.0 + (-4f32).exp());
     assert!((got[1].max_prob - 0.25).abs() < 1e-6 && (got[0].noise_score - (1.0 - p_label)).abs() < 1e-5, "{got:?}");
 }
@@ -230,7 +242,7 @@ fn fallback_paths_on_flex_match_the_references() {
         let zero = vec![0.0; classes];
         let (lt, yt) = tensors(&device, &logits, &labels, classes);
         let got = kernels::score(lt, yt, &zero, &zero).unwrap().to_samples().unwrap();
-        assert!(got.iter().all(|s| s.pred == 0 && (s.max_prob - 1.0 / classes as f32).abs() < 1e-6));
+        assert!(got.iter().all(|s| s.pred == 0 && s.plain_pred == 0 && (s.max_prob - 1.0 / classes as f32).abs() < 1e-6));
     }
 }
 

@@ -59,11 +59,13 @@ pub struct TrainArgs {
     /// Stage-2 epochs (default: --epochs, the budget of the plain network it is compared with).
     #[arg(long)]
     pub classifier_epochs: Option<usize>,
-    /// Flagging rule: confident-learning (per-class noise-rate estimates on
-    /// the adjusted probabilities), argmax (adjusted prediction differs
-    /// from the label, the paper's rule), noise-rate (argmax capped per
-    /// class at the estimated noisy count) or threshold=T.
-    #[arg(long, default_value = "confident-learning")]
+    /// Flagging rule: agreement (the adjusted and the plain prediction both
+    /// differ from the label), argmax (the adjusted prediction differs from
+    /// the label, the paper's rule), confident-learning (per-class
+    /// noise-rate estimates on the adjusted probabilities), noise-rate
+    /// (argmax capped per class at the estimated noisy count) or
+    /// threshold=T.
+    #[arg(long, default_value = "agreement")]
     pub operating_point: Rule,
     /// Flag when the noise score reaches this value (same as --operating-point threshold=T).
     #[arg(long)]

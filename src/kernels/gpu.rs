@@ -255,7 +255,7 @@ pub fn score(logits: &Tensor<2>, labels: &Tensor<1, Int>, tau: &[f32], log_prior
     let mut params = vec![n as u32, classes as u32];
     params.extend(tau.iter().chain(log_prior).map(|v| v.to_bits()));
     let params = client.create_from_slice(&words_to_bytes(&params));
-    let pred = output(&client, &cube, vec![n], DType::I32);
+    let pred = output(&client, &cube, vec![2, n], DType::I32);
     let scores = output(&client, &cube, vec![3, n], DType::F32);
     let ok = launch(
         &client,
@@ -268,8 +268,9 @@ pub fn score(logits: &Tensor<2>, labels: &Tensor<1, Int>, tau: &[f32], log_prior
     if !ok {
         return Ok(None);
     }
-    let pred = int_tensor::<1>(pred);
+    let preds = int_tensor::<2>(pred);
+    let pred_row = |i: usize| preds.clone().slice([i..i + 1, 0..n]).reshape([n]);
     let scores = float_tensor::<2>(scores);
     let row = |i: usize| scores.clone().slice([i..i + 1, 0..n]).reshape([n]);
-    Ok(Some(ScoreOutput { noise_score: row(0), max_prob: row(1), prob_label: row(2), pred }))
+    Ok(Some(ScoreOutput { noise_score: row(0), max_prob: row(1), prob_label: row(2), pred: pred_row(0), plain_pred: pred_row(1) }))
 }

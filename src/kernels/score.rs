@@ -12,6 +12,8 @@ use crate::score::SampleScore;
 pub struct ScoreOutput {
     /// Argmax of the adjusted logits (lowest index on ties), `[n]`.
     pub pred: Tensor<1, Int>,
+    /// Argmax of the raw logits (lowest index on ties), `[n]`.
+    pub plain_pred: Tensor<1, Int>,
     /// `1 - p[label]` in `[0, 1]` (`1 - max p` when unlabelled), `[n]`.
     pub noise_score: Tensor<1>,
     /// Max adjusted probability, `[n]`.
@@ -26,17 +28,16 @@ impl ScoreOutput {
         let read = |t: &Tensor<1>, what: &str| {
             t.to_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Train(format!("reading {what}: {e:?}")))
         };
-        let pred = self
-            .pred
-            .to_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .map_err(|e| Error::Train(format!("reading predictions: {e:?}")))?;
+        let read_int = |t: &Tensor<1, Int>, what: &str| {
+            t.to_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| Error::Train(format!("reading {what}: {e:?}")))
+        };
+        let pred = read_int(&self.pred, "predictions")?;
+        let plain = read_int(&self.plain_pred, "plain predictions")?;
         let noise = read(&self.noise_score, "noise scores")?;
         let maxp = read(&self.max_prob, "max probabilities")?;
         let pl = read(&self.prob_label, "label probabilities")?;
         Ok((0..pred.len())
-            .map(|i| SampleScore { pred: pred[i] as usize, noise_score: noise[i], max_prob: maxp[i], prob_label: pl[i] })
+            .map(|i| SampleScore { pred: pred[i] as usize, plain_pred: plain[i] as usize, noise_score: noise[i], max_prob: maxp[i], prob_label: pl[i] })
             .collect())
     }
 }
@@ -81,12 +82,13 @@ pub fn score_tensor_ops(logits: Tensor<2>, labels: Tensor<1, Int>, tau: &[f32], 
     // tau * log(pi) rounded exactly as the reference does (one f32 product).
     let shift: Vec<f32> = tau.iter().zip(log_prior).map(|(t, l)| t * l).collect();
     let shift = Tensor::<1>::from_data(TensorData::new(shift, [classes]), &device);
+    let idx = Tensor::<1, Int>::arange(0..classes as i64, &device).unsqueeze_dim::<2>(0).expand([n, classes]);
+    // Lowest index among the maxima of each row.
+    let first_max = |t: Tensor<2>, m: Tensor<2>| idx.clone().mask_fill(t.greater_equal(m).bool_not(), classes as i64).min_dim(1).squeeze_dim::<1>(1);
+    let plain_pred = first_max(logits.clone(), logits.clone().max_dim(1));
     let adj = logits - shift.unsqueeze_dim::<2>(0);
     let m = adj.clone().max_dim(1);
-    // Lowest index among the maxima.
-    let is_max = adj.clone().greater_equal(m.clone());
-    let idx = Tensor::<1, Int>::arange(0..classes as i64, &device).unsqueeze_dim::<2>(0).expand([n, classes]);
-    let pred = idx.mask_fill(is_max.bool_not(), classes as i64).min_dim(1).squeeze_dim::<1>(1);
+    let pred = first_max(adj.clone(), m.clone());
     let e = (adj - m).exp();
     let sum = e.clone().sum_dim(1);
     let max_prob = sum.clone().recip();
@@ -96,6 +98,7 @@ pub fn score_tensor_ops(logits: Tensor<2>, labels: Tensor<1, Int>, tau: &[f32], 
     let noise_score = (prob_label.clone().neg() + 1.0).clamp(0.0, 1.0);
     Ok(ScoreOutput {
         pred,
+        plain_pred,
         noise_score: noise_score.squeeze_dim::<1>(1),
         max_prob: max_prob.squeeze_dim::<1>(1),
         prob_label: prob_label.squeeze_dim::<1>(1),
