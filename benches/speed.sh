@@ -5,34 +5,62 @@
 #   bash benches/speed.sh [OUT_DIR]
 #
 # Installs torch from PyPI into a throwaway virtualenv (reused from
-# $H2E_TORCH_VENV when set), runs benches/pytorch_speed.py and
-# `cargo run --release --example bench_speed`, and writes both JSON results
-# plus a ratio summary to OUT_DIR (default: bench-results/).
+# $H2E_TORCH_VENV when set; $H2E_PYTHON names a python that already has
+# torch instead), runs benches/pytorch_speed.py on the CPU (and on CUDA when
+# torch sees a GPU) and `h2e bench speed` (built with `cargo run --release`,
+# or $H2E_BIN when set), and writes both JSON results plus a ratio summary
+# to OUT_DIR (default: bench-results/). Extra arguments for `h2e bench
+# speed` can go in $H2E_SPEED_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench-results}"
 mkdir -p "$out"
-venv="${H2E_TORCH_VENV:-$(mktemp -d)/venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q torch
+if [ -n "${H2E_PYTHON:-}" ]; then
+  py="$H2E_PYTHON"
+else
+  venv="${H2E_TORCH_VENV:-$(mktemp -d)/venv}"
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q torch
+  fi
+  py="$venv/bin/python"
 fi
 echo "PyTorch (CPU)..." >&2
-"$venv/bin/python" benches/pytorch_speed.py > "$out/pytorch.json"
+"$py" benches/pytorch_speed.py > "$out/pytorch.json"
+if "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "PyTorch (CUDA)..." >&2
+  "$py" benches/pytorch_speed.py --device cuda > "$out/pytorch_cuda.json"
+fi
 echo "h2e..." >&2
-cargo run -q --release --example bench_speed > "$out/h2e.json"
+# shellcheck disable=SC2086
+if [ -n "${H2E_BIN:-}" ]; then
+  "$H2E_BIN" bench speed ${H2E_SPEED_ARGS:-} > "$out/h2e.json"
+else
+  cargo run -q --release -- bench speed ${H2E_SPEED_ARGS:-} > "$out/h2e.json"
+fi
 python3 - "$out" <<'PY'
-import json, sys
+import json, os, sys
 out = sys.argv[1]
-pt = json.load(open(f"{out}/pytorch.json"))
 ours = json.load(open(f"{out}/h2e.json"))
-best_t = max(r["train_img_s"] for r in pt["results"].values())
-best_i = max(r["infer_img_s"] for r in pt["results"].values())
-lines = [f"PyTorch {pt['torch']} ({pt['threads']} threads): train {best_t:.0f} img/s, inference {best_i:.0f} img/s (best memory format), peak RSS {pt['peak_rss_mb']:.0f} MB"]
+refs = {"cpu": json.load(open(f"{out}/pytorch.json"))}
+if os.path.exists(f"{out}/pytorch_cuda.json"):
+    refs["gpu"] = json.load(open(f"{out}/pytorch_cuda.json"))
+best = {}
+lines = []
+for kind, pt in refs.items():
+    t = max(r["train_img_s"] for r in pt["results"].values())
+    i = max(r["infer_img_s"] for r in pt["results"].values())
+    best[kind] = (t, i)
+    where = pt.get("gpu", "CPU, %d threads" % pt["threads"])
+    mem = f", peak GPU memory {pt['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in pt else ""
+    lines.append(f"PyTorch {pt['torch']} ({where}): train {t:.0f} img/s, inference {i:.0f} img/s (best memory format), peak RSS {pt['peak_rss_mb']:.0f} MB{mem}")
 for b in ours["backends"]:
+    kind = "cpu" if b["backend"] == "cpu" else "gpu"
+    t, i = best.get(kind, best["cpu"])
+    against = "PyTorch CUDA" if kind in best and kind == "gpu" else "PyTorch CPU"
     lines.append(
-        f"h2e {b['backend']}: train {b['train_img_s']:.0f} img/s (ratio {b['train_img_s']/best_t:.2f}), "
-        f"inference {b['infer_img_s']:.0f} img/s (ratio {b['infer_img_s']/best_i:.2f}), peak RSS {ours['peak_rss_mb']:.0f} MB"
+        f"h2e {b['device']}: train {b['train_img_s']:.0f} img/s (ratio {b['train_img_s']/t:.2f} vs {against}), "
+        f"inference {b['infer_img_s']:.0f} img/s (ratio {b['infer_img_s']/i:.2f}), peak RSS {ours['peak_rss_mb']:.0f} MB"
     )
 open(f"{out}/summary.txt", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -165,3 +165,105 @@ pub fn table(rows: &[BenchRow]) -> String {
     }
     s
 }
+
+/// One backend's result in the speed benchmark ([`speed`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeedResult {
+    /// Backend name, e.g. `cpu (flex)` or `wgpu`.
+    pub backend: String,
+    /// The device, in words (e.g. the wgpu adapter).
+    pub device: String,
+    /// Median images/s of the training step over the timed runs.
+    pub train_img_s: f64,
+    /// Images/s of each timed training run.
+    pub train_runs: Vec<f64>,
+    /// Median images/s of inference.
+    pub infer_img_s: f64,
+    /// Images/s of each timed inference run.
+    pub infer_runs: Vec<f64>,
+}
+
+/// Training batch of the speed benchmark.
+pub const SPEED_TRAIN_BATCH: usize = 128;
+/// Inference batch of the speed benchmark.
+pub const SPEED_INFER_BATCH: usize = 512;
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn rates(warmup: usize, steps: usize, runs: usize, batch: usize, device: &Device, step: &mut dyn FnMut()) -> Result<Vec<f64>> {
+    let sync = |d: &Device| d.sync().map_err(|e| Error::Train(format!("synchronising the device: {e:?}")));
+    for _ in 0..warmup {
+        step();
+    }
+    sync(device)?;
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        for _ in 0..steps {
+            step();
+        }
+        sync(device)?;
+        out.push((batch * steps) as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// The speed benchmark of the issue "Benchmarks" on one device: images/s of
+/// the stage-A training step of the small CNN (batch 128, 1x28x28, forward
+/// + cross-entropy + backward + SGD momentum 0.9 / weight decay 5e-4) and
+/// of inference (batch 512, validation mode), `runs` timed runs of `steps`
+/// steps each after `warmup` steps (inference: at most 10 of each), with a
+/// device synchronisation closing every run. `benches/pytorch_speed.py` is
+/// the same model and step in PyTorch.
+pub fn speed(backend: &str, description: &str, device: &Device, warmup: usize, steps: usize, runs: usize) -> Result<SpeedResult> {
+    use crate::model::{BackboneKind, Net};
+    use burn::module::Module;
+    use burn::optim::decay::WeightDecayConfig;
+    use burn::optim::momentum::MomentumConfig;
+    use burn::optim::{GradientsParams, SgdConfig};
+    use burn::tensor::{Distribution, Int, Tensor, TensorData};
+    if steps == 0 || runs == 0 {
+        return Err(Error::Argument("the speed benchmark needs at least one step and one run".into()));
+    }
+    let ad = device.clone().autodiff();
+    ad.seed(0);
+    let mut model = Net::new(BackboneKind::SmallCnn, 1, 28, 10, &ad);
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
+        .with_weight_decay(Some(WeightDecayConfig::new(5e-4)))
+        .init();
+    let b = SPEED_TRAIN_BATCH;
+    let x = Tensor::<4>::random([b, 1, 28, 28], Distribution::Normal(0.0, 1.0), &ad);
+    let labels: Vec<i64> = (0..b).map(|i| (i % 10) as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), &ad);
+    let train = rates(warmup, steps, runs, b, &ad, &mut || {
+        let loss = crate::train::cross_entropy(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(0.01, model.clone(), grads);
+    })?;
+    let valid = model.valid();
+    let xi = Tensor::<4>::random([SPEED_INFER_BATCH, 1, 28, 28], Distribution::Normal(0.0, 1.0), device);
+    let infer = rates(warmup.min(10), steps.min(10), runs, SPEED_INFER_BATCH, device, &mut || {
+        let _ = valid.forward(xi.clone());
+    })?;
+    Ok(SpeedResult {
+        backend: backend.to_string(),
+        device: description.to_string(),
+        train_img_s: median(&train),
+        train_runs: train,
+        infer_img_s: median(&infer),
+        infer_runs: infer,
+    })
+}
+
+/// The process's peak resident memory in MiB (`VmHWM`; `None` where
+/// `/proc` does not say).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<f64>().ok().map(|kb| kb / 1024.0)
+}

@@ -128,3 +128,26 @@ fn train_then_eval_through_the_binary() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no checkpoint folder"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn speed_benchmark_times_each_requested_backend() {
+    let o = h2e(&["bench", "speed", "--devices", "cpu", "--warmup", "1", "--steps", "2", "--runs", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    let backends = json["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 1);
+    let b = &backends[0];
+    assert_eq!(b["backend"], "cpu");
+    for k in ["train_runs", "infer_runs"] {
+        let runs: Vec<f64> = b[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(runs.len(), 3, "{k}");
+        assert!(runs.iter().all(|r| r.is_finite() && *r > 0.0), "{k}: {runs:?}");
+        let median = b[k.replace("_runs", "_img_s")].as_f64().unwrap();
+        assert!(runs.contains(&median), "{k}: the median is one of the runs");
+    }
+    assert_eq!((json["train_batch"].as_u64(), json["infer_batch"].as_u64()), (Some(128), Some(512)));
+    // Nothing to time is an error, not a division by zero.
+    let o = h2e(&["bench", "speed", "--devices", "cpu", "--steps", "0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least one step"), "{}", String::from_utf8_lossy(&o.stderr));
+}

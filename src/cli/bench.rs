@@ -14,6 +14,26 @@ use std::path::PathBuf;
 pub enum BenchCmd {
     /// Noise-detection quality of h2e (every round) and the baselines on a grid of NLT draws.
     Quality(QualityArgs),
+    /// Images/s of the small CNN's training step and inference on each backend (JSON on stdout).
+    Speed(SpeedArgs),
+}
+
+/// `h2e bench speed` flags.
+#[derive(Debug, Args)]
+pub struct SpeedArgs {
+    /// Devices to time (cpu, wgpu, vulkan, metal, dx12, cuda). Default: the
+    /// CPU, plus wgpu when it finds a hardware adapter.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<DeviceChoice>,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 30)]
+    pub warmup: usize,
+    /// Steps per timed run.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 /// `h2e bench quality` flags.
@@ -46,10 +66,51 @@ pub struct QualityArgs {
     /// Device: auto, wgpu, vulkan, metal, dx12, cpu or cuda.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// h2e's flagging rule between rounds and for its own rows (every rule
+    /// is reported anyway, on this rule's rounds).
+    #[arg(long)]
+    pub operating_point: Option<h2e::score::Rule>,
 }
 
 pub fn bench(cmd: BenchCmd) -> Result<i32> {
-    let BenchCmd::Quality(a) = cmd;
+    match cmd {
+        BenchCmd::Quality(a) => quality(a),
+        BenchCmd::Speed(a) => speed(a),
+    }
+}
+
+fn speed(a: SpeedArgs) -> Result<i32> {
+    let devices = if a.devices.is_empty() {
+        let mut d = vec![DeviceChoice::Cpu];
+        if matches!(h2e::device::probe_wgpu(), Some((_, true))) {
+            d.push(DeviceChoice::Wgpu);
+        }
+        d
+    } else {
+        a.devices
+    };
+    let mut results = Vec::new();
+    for choice in devices {
+        let selected = select(choice)?;
+        eprintln!("timing {} ...", selected.description);
+        let r = h2e::bench::speed(selected.backend, &selected.description, &selected.device, a.warmup, a.steps, a.runs)
+            .with_context(|| format!("speed benchmark on {}", selected.description))?;
+        eprintln!("{}: train {:.0} img/s, inference {:.0} img/s", r.device, r.train_img_s, r.infer_img_s);
+        results.push(r);
+    }
+    let json = serde_json::json!({
+        "model": "small-cnn 1x28x28, 10 classes",
+        "train_batch": h2e::bench::SPEED_TRAIN_BATCH,
+        "infer_batch": h2e::bench::SPEED_INFER_BATCH,
+        "warmup": a.warmup, "steps": a.steps, "runs": a.runs,
+        "backends": results,
+        "peak_rss_mb": h2e::bench::peak_rss_mb(),
+    });
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(0)
+}
+
+fn quality(a: QualityArgs) -> Result<i32> {
     let source = open_source(&a.source).with_context(|| format!("cannot open data source {}", a.source.display()))?;
     let mut draws = if a.quick { quick_grid() } else { grid(&a.seeds) };
     if let Some(only) = &a.only {
@@ -58,6 +119,9 @@ pub fn bench(cmd: BenchCmd) -> Result<i32> {
     let mut cfg = if a.quick { quick_config() } else { TrainConfig::default() };
     cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
     cfg.classifier = a.classifier;
+    if let Some(rule) = a.operating_point {
+        cfg.operating_point.rule = rule;
+    }
     let selected = select(a.device)?;
     eprintln!("device: {}; {} draws x {} methods", selected.description, draws.len(), a.methods.len());
     std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
