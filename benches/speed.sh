@@ -60,7 +60,8 @@ for b in ours["backends"]:
     against = "PyTorch CUDA" if kind in best and kind == "gpu" else "PyTorch CPU"
     lines.append(
         f"h2e {b['device']}: train {b['train_img_s']:.0f} img/s (ratio {b['train_img_s']/t:.2f} vs {against}), "
-        f"inference {b['infer_img_s']:.0f} img/s (ratio {b['infer_img_s']/i:.2f}), peak RSS {ours['peak_rss_mb']:.0f} MB"
+        f"inference {b['infer_img_s']:.0f} img/s (ratio {b['infer_img_s']/i:.2f}), peak RSS {ours['peak_rss_mb']:.0f} MB, "
+        f"{ours.get('cpu_threads', '?')} CPU threads, {ours.get('allocator', 'system')} allocator"
     )
 open(f"{out}/summary.txt", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

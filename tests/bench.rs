@@ -146,6 +146,9 @@ fn speed_benchmark_times_each_requested_backend() {
         assert!(runs.contains(&median), "{k}: the median is one of the runs");
     }
     assert_eq!((json["train_batch"].as_u64(), json["infer_batch"].as_u64()), (Some(128), Some(512)));
+    // The build facts a CPU figure depends on travel with it.
+    assert!(json["cpu_threads"].as_u64().is_some_and(|n| n >= 1), "{json}");
+    assert_eq!(json["allocator"], "mimalloc");
     // Nothing to time is an error, not a division by zero.
     let o = h2e(&["bench", "speed", "--devices", "cpu", "--steps", "0"]);
     assert!(!o.status.success());

@@ -105,6 +105,9 @@ fn speed(a: SpeedArgs) -> Result<i32> {
         "warmup": a.warmup, "steps": a.steps, "runs": a.runs,
         "backends": results,
         "peak_rss_mb": h2e::bench::peak_rss_mb(),
+        // What the CPU figures depend on besides the chip.
+        "cpu_threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "allocator": crate::ALLOCATOR,
     });
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(0)
