@@ -213,8 +213,8 @@ fn rates(warmup: usize, steps: usize, runs: usize, batch: usize, device: &Device
 }
 
 /// The speed benchmark of the issue "Benchmarks" on one device: images/s of
-/// the stage-A training step of the small CNN (batch 128, 1x28x28, forward
-/// + cross-entropy + backward + SGD momentum 0.9 / weight decay 5e-4) and
+/// the stage-A training step of the small CNN (batch 128, 1x28x28: forward,
+/// cross-entropy, backward and SGD momentum 0.9 / weight decay 5e-4) and
 /// of inference (batch 512, validation mode), `runs` timed runs of `steps`
 /// steps each after `warmup` steps (inference: at most 10 of each), with a
 /// device synchronisation closing every run. `benches/pytorch_speed.py` is

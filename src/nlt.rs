@@ -106,7 +106,7 @@ pub struct NltSummary {
 fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Vec<usize>)> {
     let c_n = source.classes().len();
     let loc = source.location();
-    if !(cfg.imbalance >= 1.0) {
+    if cfg.imbalance.is_nan() || cfg.imbalance < 1.0 {
         return Err(Error::Argument(format!("--imbalance must be >= 1, got {}", cfg.imbalance)));
     }
     if !(0.0..1.0).contains(&cfg.noise) {

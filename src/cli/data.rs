@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use h2e::bundle::{self, PackOptions};
 use h2e::data::{open_source, Source};
 use h2e::nlt::{make_nlt as make, NltConfig, NoiseKind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `h2e bundle` subcommands.
 #[derive(Debug, Subcommand)]
@@ -77,7 +77,7 @@ pub struct MakeNltArgs {
     pub output: PathBuf,
 }
 
-fn open(path: &PathBuf) -> Result<Box<dyn Source>> {
+fn open(path: &Path) -> Result<Box<dyn Source>> {
     open_source(path).with_context(|| format!("cannot open data source {}", path.display()))
 }
 

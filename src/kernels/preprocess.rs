@@ -53,7 +53,7 @@ impl PackedBatch {
     pub fn uniform(channels: usize, height: usize, width: usize, pixels: Vec<u8>) -> Result<PackedBatch> {
         check_channels(channels)?;
         let size = height * width * channels;
-        if size == 0 || pixels.len() % size != 0 {
+        if size == 0 || !pixels.len().is_multiple_of(size) {
             return Err(Error::Argument(format!(
                 "packed batch: {} bytes is not a whole number of {height}x{width}x{channels} images",
                 pixels.len()
