@@ -107,9 +107,10 @@ fn main() -> Result<()> {
     let id = Identifier::open(&a.identifier, device.device).with_context(|| format!("cannot open identifier {}", a.identifier.display()))?;
     // Per-image decisions: the rule alone, no global caps. Confident
     // learning decides over a whole set, so one image at a time it becomes
-    // the argmax rule.
+    // the argmax rule, and the capped agreement rule the agreement rule.
     let base = match id.config().operating_point.rule {
         Rule::ConfidentLearning | Rule::NoiseRate => Rule::Argmax,
+        Rule::AgreementNoiseRate => Rule::Agreement,
         rule => rule,
     };
     let op = OperatingPoint { rule: a.threshold.map_or(base, Rule::Threshold), max_flag_rate: None, min_per_class: 0 };

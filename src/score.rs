@@ -96,12 +96,17 @@ pub enum Rule {
     /// [`Rule::Argmax`] flags.
     #[default]
     Agreement,
+    /// [`Rule::Agreement`]'s flags, at most the estimated number of noisy
+    /// samples per class, highest noise score first: the cap of
+    /// [`Rule::NoiseRate`] on the agreement rule's flags. Needs the full
+    /// probability matrix, so it decides over a whole set (or shard).
+    AgreementNoiseRate,
 }
 
 impl Rule {
     /// Whether deciding needs the full `[n, classes]` probability matrix.
     pub fn needs_probabilities(&self) -> bool {
-        matches!(self, Rule::ConfidentLearning | Rule::NoiseRate)
+        matches!(self, Rule::ConfidentLearning | Rule::NoiseRate | Rule::AgreementNoiseRate)
     }
 }
 
@@ -113,6 +118,7 @@ impl std::fmt::Display for Rule {
             Rule::ConfidentLearning => f.write_str("confident-learning"),
             Rule::NoiseRate => f.write_str("noise-rate"),
             Rule::Agreement => f.write_str("agreement"),
+            Rule::AgreementNoiseRate => f.write_str("agreement-noise-rate"),
             Rule::Threshold(t) => write!(f, "threshold={t}"),
         }
     }
@@ -126,10 +132,11 @@ impl std::str::FromStr for Rule {
             "confident-learning" | "cl" => Ok(Rule::ConfidentLearning),
             "noise-rate" => Ok(Rule::NoiseRate),
             "agreement" => Ok(Rule::Agreement),
+            "agreement-noise-rate" => Ok(Rule::AgreementNoiseRate),
             t => match t.strip_prefix("threshold=").map(str::parse::<f32>) {
                 Some(Ok(v)) if (0.0..=1.0).contains(&v) => Ok(Rule::Threshold(v)),
                 _ => Err(crate::Error::Argument(format!(
-                    "unknown operating point {s:?}; expected confident-learning, argmax, agreement, noise-rate or threshold=T with T in [0, 1]"
+                    "unknown operating point {s:?}; expected agreement, agreement-noise-rate, argmax, confident-learning, noise-rate or threshold=T with T in [0, 1]"
                 ))),
             },
         }
@@ -173,14 +180,16 @@ pub struct Scores {
 pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], classes: usize, op: &OperatingPoint) -> Result<Scores> {
     let needs_probs =
         || probs.ok_or_else(|| Error::Argument(format!("the {} operating point needs the adjusted probabilities", op.rule)));
+    let argmax = || per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect::<Vec<bool>>();
+    let agreement = || per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect::<Vec<bool>>();
     let flagged: Vec<bool> = match op.rule {
-        Rule::Argmax => per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect(),
-        Rule::Agreement => per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect(),
+        Rule::Argmax => argmax(),
+        Rule::Agreement => agreement(),
         Rule::Threshold(t) => per.iter().map(|s| s.noise_score >= t).collect(),
         Rule::ConfidentLearning => crate::baselines::confident_learning(needs_probs()?, labels, classes)?.detection.flagged,
-        Rule::NoiseRate => {
+        Rule::NoiseRate | Rule::AgreementNoiseRate => {
             let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
-            let mut flagged: Vec<bool> = per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect();
+            let mut flagged = if op.rule == Rule::NoiseRate { argmax() } else { agreement() };
             cap_per_class(per, &mut flagged, labels, classes, |c, n| (rate[c] * n as f64).round() as usize);
             flagged
         }
@@ -354,7 +363,14 @@ mod tests {
         }
         assert!(nr.flagged.iter().zip(&am.flagged).all(|(n, a)| !n || *a));
         assert!(nr.flagged[2]);
-        for r in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement, Rule::Threshold(0.25)] {
+        for r in [
+            Rule::Argmax,
+            Rule::ConfidentLearning,
+            Rule::NoiseRate,
+            Rule::Agreement,
+            Rule::AgreementNoiseRate,
+            Rule::Threshold(0.25),
+        ] {
             assert_eq!(r.to_string().parse::<Rule>().unwrap(), r);
         }
     }
@@ -383,5 +399,53 @@ mod tests {
         assert_eq!(ag.flagged, vec![false, false, true, true]);
         assert_eq!(ag.weight[2], NOISE_WEIGHT);
         assert!(ag.weight[0] >= 0.5);
+    }
+
+    #[test]
+    fn agreement_noise_rate_caps_the_agreement_flags_per_class() {
+        // Class 0: 8 samples, 4 of which both predictions send to class 1;
+        // class 1: 4 clean-looking samples. The estimated noise rate of
+        // class 0 is below 4/8, so the cap keeps only the most suspicious.
+        let logits: Vec<f32> = [
+            [4.0, 0.0], [3.5, 0.2], [3.9, 0.1], [4.2, 0.0],
+            [0.0, 3.0], [0.4, 1.0], [0.8, 1.0], [0.9, 1.0],
+            [0.0, 3.0], [0.3, 2.5], [0.1, 3.3], [0.0, 2.9],
+        ]
+        .concat();
+        let labels = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
+        let zero = [0.0; 2];
+        let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
+        assert!(Rule::AgreementNoiseRate.needs_probabilities());
+        let per: Vec<SampleScore> = logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &zero, &zero)).collect();
+        assert!(apply(&per, None, &labels, 2, &op(Rule::AgreementNoiseRate)).is_err());
+        let capped = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::AgreementNoiseRate)).unwrap();
+        let agree = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::Agreement)).unwrap();
+        let probs = adjusted_probabilities(&logits, 2, &zero, &zero);
+        let rate = crate::baselines::confident_learning(&probs, &labels, 2).unwrap().noise_rate;
+        let cap0 = (rate[0] * 8.0).round() as usize;
+        assert_eq!(agree.flagged.iter().filter(|&&f| f).count(), 4, "{:?}", agree.flagged);
+        assert!(cap0 < 4, "the example must engage the cap: rate {rate:?}");
+        // A subset of the agreement flags, exactly the cap's size, highest scores first.
+        assert!(capped.flagged.iter().zip(&agree.flagged).all(|(c, a)| !c || *a));
+        assert_eq!(capped.flagged.iter().filter(|&&f| f).count(), cap0);
+        let lowest_kept = (0..12).filter(|&i| capped.flagged[i]).map(|i| capped.noise_score[i]).fold(f32::INFINITY, f32::min);
+        let highest_dropped =
+            (0..12).filter(|&i| agree.flagged[i] && !capped.flagged[i]).map(|i| capped.noise_score[i]).fold(0.0, f32::max);
+        assert!(lowest_kept >= highest_dropped);
+        assert_eq!("agreement-noise-rate".parse::<Rule>().unwrap(), Rule::AgreementNoiseRate);
+
+        // With a prior shift the two bases differ: samples 3 and 4 have a
+        // plain prediction that keeps their label 0 and an adjusted one that
+        // does not. Where the cap leaves room, argmax's cap keeps them and
+        // the agreement cap does not.
+        let lp = [(0.9f32).ln(), (0.1f32).ln()];
+        let tau = [1.0, 1.0];
+        let logits: Vec<f32> =
+            [[4.0, 0.0], [3.5, 0.2], [0.0, 3.0], [1.0, 0.6], [1.0, 0.7], [1.0, 0.2], [1.0, 0.2], [0.9, 0.3]].concat();
+        let labels = [0, 0, 0, 0, 0, 1, 1, 1];
+        let capped = score_logits(&logits, 2, &labels, &tau, &lp, &op(Rule::AgreementNoiseRate)).unwrap();
+        let argmax_capped = score_logits(&logits, 2, &labels, &tau, &lp, &op(Rule::NoiseRate)).unwrap();
+        assert_eq!(capped.flagged, vec![false, false, true, false, false, false, false, false]);
+        assert!(argmax_capped.flagged[3] && argmax_capped.flagged[4], "{:?}", argmax_capped.flagged);
     }
 }

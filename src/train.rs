@@ -831,7 +831,7 @@ impl<'a> Engine<'a> {
     fn operating_points(&self, set: &TensorSet, per: &[SampleScore], probs: &[f32]) -> Result<Vec<(String, DetectionMetrics)>> {
         let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for rule in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement] {
+        for rule in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement, Rule::AgreementNoiseRate] {
             let (name, op) = (rule.to_string(), OperatingPoint { rule, ..self.config.operating_point });
             let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
             out.push((name, metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &set.labels, self.classes)?));

@@ -37,7 +37,7 @@ pub struct FilterArgs {
     /// Also write the flagged samples, likewise.
     #[arg(long, value_name = "OUT")]
     pub noisy_out: Option<PathBuf>,
-    /// Flagging rule instead of the identifier's: agreement, argmax, confident-learning, noise-rate or threshold=T.
+    /// Flagging rule instead of the identifier's: agreement, agreement-noise-rate, argmax, confident-learning, noise-rate or threshold=T.
     #[arg(long)]
     pub operating_point: Option<h2e::score::Rule>,
     /// Flag at most this fraction of the samples (default: the identifier's).

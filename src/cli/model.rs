@@ -63,8 +63,8 @@ pub struct TrainArgs {
     /// differ from the label), argmax (the adjusted prediction differs from
     /// the label, the paper's rule), confident-learning (per-class
     /// noise-rate estimates on the adjusted probabilities), noise-rate
-    /// (argmax capped per class at the estimated noisy count) or
-    /// threshold=T.
+    /// (argmax capped per class at the estimated noisy count),
+    /// agreement-noise-rate (agreement capped the same way) or threshold=T.
     #[arg(long, default_value = "agreement")]
     pub operating_point: Rule,
     /// Flag when the noise score reaches this value (same as --operating-point threshold=T).
