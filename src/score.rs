@@ -182,17 +182,19 @@ pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], class
         || probs.ok_or_else(|| Error::Argument(format!("the {} operating point needs the adjusted probabilities", op.rule)));
     let argmax = || per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect::<Vec<bool>>();
     let agreement = || per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect::<Vec<bool>>();
+    // At most the estimated number of noisy samples per class.
+    let noise_rate_cap = |mut flagged: Vec<bool>| -> Result<Vec<bool>> {
+        let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
+        cap_per_class(per, &mut flagged, labels, classes, |c, n| (rate[c] * n as f64).round() as usize);
+        Ok(flagged)
+    };
     let flagged: Vec<bool> = match op.rule {
         Rule::Argmax => argmax(),
         Rule::Agreement => agreement(),
         Rule::Threshold(t) => per.iter().map(|s| s.noise_score >= t).collect(),
         Rule::ConfidentLearning => crate::baselines::confident_learning(needs_probs()?, labels, classes)?.detection.flagged,
-        Rule::NoiseRate | Rule::AgreementNoiseRate => {
-            let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
-            let mut flagged = if op.rule == Rule::NoiseRate { argmax() } else { agreement() };
-            cap_per_class(per, &mut flagged, labels, classes, |c, n| (rate[c] * n as f64).round() as usize);
-            flagged
-        }
+        Rule::NoiseRate => noise_rate_cap(argmax())?,
+        Rule::AgreementNoiseRate => noise_rate_cap(agreement())?,
     };
     Ok(apply_caps(per, flagged, labels, classes, op))
 }
