@@ -13,13 +13,13 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Device, DeviceType, Int, Tensor, TensorData};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, DeviceType, Int, Tensor, TensorData};
 use h2e::kernels::{self, PackedBatch, PreprocessParams};
 use h2e::model::{BackboneKind, Net};
-use h2e::train::cross_entropy;
 use h2e::rng::Rng;
+use h2e::train::cross_entropy;
 
 fn time<T>(iters: usize, device: &Device, mut f: impl FnMut(usize) -> T) -> f64 {
     let _warm = f(0);
@@ -59,7 +59,8 @@ fn main() {
         seed: seed as u64,
         ..PreprocessParams::eval(side, side)
     };
-    let gpu = time(iters, &device, |i| kernels::preprocess_wgsl(&device, &batch, &params(i)).unwrap().expect("kernel ran"));
+    let gpu =
+        time(iters, &device, |i| kernels::preprocess_wgsl(&device, &batch, &params(i)).unwrap().expect("kernel ran"));
     let cpu = time(iters, &device, |i| kernels::preprocess_cpu(&device, &batch, &params(i), None).unwrap());
     let cpu_only = time(iters, &device, |i| kernels::preprocess_reference(&batch, &params(i)).unwrap());
     println!("preprocess {batch_size} x {side}x{side}x3 (crop/flip/jitter), {iters} iterations:");
@@ -91,7 +92,8 @@ fn main() {
     }
     let labels: Vec<i64> = (0..batch_size).map(|i| (i % 10) as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch_size]), &ad);
-    let p28 = |seed: usize| PreprocessParams { pad: 2, flip: true, seed: seed as u64, ..PreprocessParams::eval(28, 28) };
+    let p28 =
+        |seed: usize| PreprocessParams { pad: 2, flip: true, seed: seed as u64, ..PreprocessParams::eval(28, 28) };
     let train = |wgsl: bool| {
         ad.seed(0);
         let mut model = Net::new(BackboneKind::SmallCnn, 1, 28, 10, &ad);
@@ -110,6 +112,14 @@ fn main() {
     let with_kernel = train(true);
     let with_cpu = train(false);
     println!("stage-A training step, batch {batch_size} x 1x28x28, {steps} steps:");
-    println!("  WGSL preprocess                      {:>10.2} steps/s ({:.0} images/s)", 1.0 / with_kernel, batch_size as f64 / with_kernel);
-    println!("  CPU preprocess + upload              {:>10.2} steps/s ({:.0} images/s)", 1.0 / with_cpu, batch_size as f64 / with_cpu);
+    println!(
+        "  WGSL preprocess                      {:>10.2} steps/s ({:.0} images/s)",
+        1.0 / with_kernel,
+        batch_size as f64 / with_kernel
+    );
+    println!(
+        "  CPU preprocess + upload              {:>10.2} steps/s ({:.0} images/s)",
+        1.0 / with_cpu,
+        batch_size as f64 / with_cpu
+    );
 }

@@ -69,7 +69,13 @@ struct Decision {
 }
 
 /// Scores one image against its label; `Ok((clean, predicted, noise, reason))`.
-fn check(id: &Identifier, op: &OperatingPoint, bytes: &[u8], name: &str, label: usize) -> h2e::Result<(bool, String, f32, String)> {
+fn check(
+    id: &Identifier,
+    op: &OperatingPoint,
+    bytes: &[u8],
+    name: &str,
+    label: usize,
+) -> h2e::Result<(bool, String, f32, String)> {
     let s = id.input_size() as u32;
     let image = resize(&decode_image(bytes, name, &DecodeLimits::default())?, id.channels() as u8, s, s);
     let mut batch = PackedBatch::new(id.channels())?;
@@ -104,7 +110,8 @@ fn main() -> Result<()> {
         bail!("--threshold must be in [0, 1]");
     }
     let device = select(a.device)?;
-    let id = Identifier::open(&a.identifier, device.device).with_context(|| format!("cannot open identifier {}", a.identifier.display()))?;
+    let id = Identifier::open(&a.identifier, device.device)
+        .with_context(|| format!("cannot open identifier {}", a.identifier.display()))?;
     // Per-image decisions: the rule alone, no global caps. Confident
     // learning decides over a whole set, so one image at a time it becomes
     // the argmax rule, and the capped agreement rule the agreement rule.
@@ -147,16 +154,23 @@ fn main() -> Result<()> {
                 }
             };
             let (clean, predicted, noise_score, reason) = match label {
-                None => (false, String::new(), None, format!("unknown class {class} (the identifier knows {})", id.classes().join(", "))),
+                None => (
+                    false,
+                    String::new(),
+                    None,
+                    format!("unknown class {class} (the identifier knows {})", id.classes().join(", ")),
+                ),
                 Some(l) => match check(&id, &op, &bytes, &name, l) {
                     Ok((clean, p, s, r)) => (clean, p, Some(s), r),
                     Err(e) => (false, String::new(), None, format!("unreadable: {e}")),
                 },
             };
-            let rel = Path::new(&safe_component(&class)).join(safe_component(&file.file_name().expect("file").to_string_lossy()));
+            let rel = Path::new(&safe_component(&class))
+                .join(safe_component(&file.file_name().expect("file").to_string_lossy()));
             let (to, other) = if clean { ("clean", "quarantine") } else { ("quarantine", "clean") };
             let dest = a.out.join(to).join(&rel);
-            std::fs::create_dir_all(dest.parent().expect("has a parent")).with_context(|| format!("cannot create {}", dest.display()))?;
+            std::fs::create_dir_all(dest.parent().expect("has a parent"))
+                .with_context(|| format!("cannot create {}", dest.display()))?;
             write_atomic(&dest, &bytes).with_context(|| format!("cannot write {}", dest.display()))?;
             let stale = a.out.join(other).join(&rel);
             if stale.is_file() {

@@ -194,9 +194,8 @@ pub fn fit_gmm(x: &[f64], cfg: &GmmConfig) -> Result<Gmm1d> {
 
 /// Losses min-max scaled to [0, 1] (all zeros when they are all equal).
 pub fn normalise_min_max(losses: &[f32]) -> Vec<f64> {
-    let (lo, hi) = losses.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &l| {
-        (lo.min(l as f64), hi.max(l as f64))
-    });
+    let (lo, hi) =
+        losses.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &l| (lo.min(l as f64), hi.max(l as f64)));
     let range = hi - lo;
     losses.iter().map(|&l| if range > 0.0 { (l as f64 - lo) / range } else { 0.0 }).collect()
 }
@@ -256,14 +255,13 @@ pub fn confident_thresholds(probs: &[f32], labels: &[usize], classes: usize) -> 
 /// two or more classes qualify; both agree unless that argmax is itself
 /// below its threshold.)
 pub fn confident_class(row: &[f32], thresholds: &[f64]) -> Option<usize> {
-    row.iter()
-        .zip(thresholds)
-        .enumerate()
-        .filter(|(_, (&p, &t))| p as f64 >= t - THRESHOLD_SLACK)
-        .fold(None, |best: Option<usize>, (k, _)| match best {
+    row.iter().zip(thresholds).enumerate().filter(|(_, (&p, &t))| p as f64 >= t - THRESHOLD_SLACK).fold(
+        None,
+        |best: Option<usize>, (k, _)| match best {
             Some(b) if row[b] >= row[k] => Some(b),
             _ => Some(k),
-        })
+        },
+    )
 }
 
 /// The (uncalibrated) confident joint: `cj[i][j]` counts samples labelled
@@ -351,7 +349,8 @@ fn keep_at_least(cj: &[Vec<usize>], min_keep: usize) -> Vec<Vec<usize>> {
     let mut out = cj.to_vec();
     for (i, row) in out.iter_mut().enumerate() {
         while row[i] < min_keep {
-            let Some(j) = (0..row.len()).filter(|&j| j != i && row[j] > 0).max_by_key(|&j| (row[j], usize::MAX - j)) else {
+            let Some(j) = (0..row.len()).filter(|&j| j != i && row[j] > 0).max_by_key(|&j| (row[j], usize::MAX - j))
+            else {
                 break;
             };
             row[j] -= 1;
@@ -562,7 +561,17 @@ mod tests {
 
     #[test]
     fn kfold_holds_out_each_index_once_and_is_stratified() {
-        let labels: Vec<usize> = (0..103).map(|i| if i < 60 { 0 } else if i < 90 { 1 } else { 2 }).collect();
+        let labels: Vec<usize> = (0..103)
+            .map(|i| {
+                if i < 60 {
+                    0
+                } else if i < 90 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
         let folds = kfold_indices(&labels, 4, 3).unwrap();
         assert_eq!(folds.len(), 4);
         let mut seen = vec![0usize; labels.len()];

@@ -47,7 +47,14 @@ pub fn grid(seeds: &[u64]) -> Vec<NltConfig> {
 
 /// One small draw (300 head-class images, 20 test images per class).
 pub fn quick_grid() -> Vec<NltConfig> {
-    vec![NltConfig { imbalance: 10.0, noise: 0.3, kind: NoiseKind::Uniform, n_max: Some(300), test_per_class: Some(20), ..NltConfig::default() }]
+    vec![NltConfig {
+        imbalance: 10.0,
+        noise: 0.3,
+        kind: NoiseKind::Uniform,
+        n_max: Some(300),
+        test_per_class: Some(20),
+        ..NltConfig::default()
+    }]
 }
 
 /// A training budget small enough for [`quick_grid`].
@@ -194,7 +201,14 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn rates(warmup: usize, steps: usize, runs: usize, batch: usize, device: &Device, step: &mut dyn FnMut()) -> Result<Vec<f64>> {
+fn rates(
+    warmup: usize,
+    steps: usize,
+    runs: usize,
+    batch: usize,
+    device: &Device,
+    step: &mut dyn FnMut(),
+) -> Result<Vec<f64>> {
     let sync = |d: &Device| d.sync().map_err(|e| Error::Train(format!("synchronising the device: {e:?}")));
     for _ in 0..warmup {
         step();
@@ -219,7 +233,14 @@ fn rates(warmup: usize, steps: usize, runs: usize, batch: usize, device: &Device
 /// steps each after `warmup` steps (inference: at most 10 of each), with a
 /// device synchronisation closing every run. `benches/pytorch_speed.py` is
 /// the same model and step in PyTorch.
-pub fn speed(backend: &str, description: &str, device: &Device, warmup: usize, steps: usize, runs: usize) -> Result<SpeedResult> {
+pub fn speed(
+    backend: &str,
+    description: &str,
+    device: &Device,
+    warmup: usize,
+    steps: usize,
+    runs: usize,
+) -> Result<SpeedResult> {
     use crate::model::{BackboneKind, Net};
     use burn::module::Module;
     use burn::optim::decay::WeightDecayConfig;

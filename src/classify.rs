@@ -82,7 +82,12 @@ impl ClassifyReport {
 /// `batch_size` images at a time (decoded on all cores, resized to the
 /// identifier's input size). Unreadable images become rows with `error`.
 /// Errors when the identifier has no classifier.
-pub fn classify_source(id: &Identifier, src: &dyn Source, batch_size: usize, progress: &dyn Progress) -> Result<ClassifyReport> {
+pub fn classify_source(
+    id: &Identifier,
+    src: &dyn Source,
+    batch_size: usize,
+    progress: &dyn Progress,
+) -> Result<ClassifyReport> {
     if !id.has_classifier() {
         return Err(Error::Argument("this identifier has no classifier; train it with --classifier".into()));
     }
@@ -111,7 +116,11 @@ pub fn classify_source(id: &Identifier, src: &dyn Source, batch_size: usize, pro
         .map(|meta| ClassifyRow {
             path: meta.path.clone(),
             split: meta.split,
-            given_label: if src.labelled() { src.classes().get(meta.label).cloned().unwrap_or_default() } else { String::new() },
+            given_label: if src.labelled() {
+                src.classes().get(meta.label).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            },
             predicted_label: String::new(),
             probability: None,
             error: None,
@@ -178,7 +187,9 @@ pub fn accuracy(report: &ClassifyReport, src: &dyn Source, id: &Identifier) -> R
                 continue;
             }
             let t = meta.true_label.unwrap_or(meta.label);
-            let (Some(t), Some(p)) = (src.classes().get(t).and_then(|n| index(n)), index(&row.predicted_label)) else { continue };
+            let (Some(t), Some(p)) = (src.classes().get(t).and_then(|n| index(n)), index(&row.predicted_label)) else {
+                continue;
+            };
             pred.push(p);
             truth.push(t);
         }

@@ -119,16 +119,21 @@ pub fn select(choice: DeviceChoice) -> Result<Selected> {
 #[cfg(feature = "vulkan")]
 fn vulkan() -> Result<Selected> {
     match probe_wgpu() {
-        Some((name, _)) => {
-            Ok(Selected { device: Device::vulkan(Default::default()), description: format!("vulkan: {name}"), backend: "wgpu" })
-        }
+        Some((name, _)) => Ok(Selected {
+            device: Device::vulkan(Default::default()),
+            description: format!("vulkan: {name}"),
+            backend: "wgpu",
+        }),
         None => Err(unavailable("vulkan", "no Vulkan adapter found; install a Vulkan driver")),
     }
 }
 
 #[cfg(not(feature = "vulkan"))]
 fn vulkan() -> Result<Selected> {
-    Err(unavailable("vulkan", "this build lacks the `vulkan` cargo feature; rebuild with --features vulkan, or use --device wgpu"))
+    Err(unavailable(
+        "vulkan",
+        "this build lacks the `vulkan` cargo feature; rebuild with --features vulkan, or use --device wgpu",
+    ))
 }
 
 #[cfg(feature = "metal")]
@@ -138,7 +143,10 @@ fn metal() -> Result<Selected> {
 
 #[cfg(not(feature = "metal"))]
 fn metal() -> Result<Selected> {
-    Err(unavailable("metal", "this build lacks the `metal` cargo feature; rebuild with --features metal, or use --device wgpu"))
+    Err(unavailable(
+        "metal",
+        "this build lacks the `metal` cargo feature; rebuild with --features metal, or use --device wgpu",
+    ))
 }
 
 #[cfg(feature = "cuda")]
@@ -148,5 +156,8 @@ fn cuda() -> Result<Selected> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda() -> Result<Selected> {
-    Err(unavailable("cuda", "this build lacks the `cuda` cargo feature; rebuild with --features cuda (needs the CUDA toolkit)"))
+    Err(unavailable(
+        "cuda",
+        "this build lacks the `cuda` cargo feature; rebuild with --features cuda (needs the CUDA toolkit)",
+    ))
 }

@@ -92,7 +92,9 @@ impl Shard {
     /// Shard `index` of `count`; errors unless `index < count`.
     pub fn new(index: usize, count: usize) -> Result<Shard> {
         if index >= count {
-            return Err(Error::Argument(format!("shard {index}/{count}: the shard number must be below the shard count (0-based)")));
+            return Err(Error::Argument(format!(
+                "shard {index}/{count}: the shard number must be below the shard count (0-based)"
+            )));
         }
         Ok(Shard { index, count })
     }
@@ -164,7 +166,10 @@ impl FilterOptions {
             return Err(Error::Argument(format!("threshold {} is outside [0, 1]", self.threshold.unwrap_or_default())));
         }
         if self.max_flag_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-            return Err(Error::Argument(format!("max flag rate {} is outside [0, 1]", self.max_flag_rate.unwrap_or_default())));
+            return Err(Error::Argument(format!(
+                "max flag rate {} is outside [0, 1]",
+                self.max_flag_rate.unwrap_or_default()
+            )));
         }
         Shard::new(self.shard.index, self.shard.count).map(|_| ())
     }
@@ -287,7 +292,16 @@ impl<'a> Filter<'a> {
             return Err(Error::Argument("batch size must be positive".into()));
         }
         let batch = PackedBatch::new(id.channels())?;
-        Ok(Filter { id, op, batch_size, batch, pending: Vec::new(), rows: Vec::new(), scored: Vec::new(), probs: Vec::new() })
+        Ok(Filter {
+            id,
+            op,
+            batch_size,
+            batch,
+            pending: Vec::new(),
+            rows: Vec::new(),
+            scored: Vec::new(),
+            probs: Vec::new(),
+        })
     }
 
     /// Adds a sample. `label` indexes the identifier's classes (`None`:
@@ -295,7 +309,10 @@ impl<'a> Filter<'a> {
     pub fn push(&mut self, path: String, label: Option<usize>, image: Result<Image>) -> Result<()> {
         let classes = self.id.classes();
         if let Some(l) = label.filter(|&l| l >= classes.len()) {
-            return Err(Error::Argument(format!("{path}: label {l} is not below the identifier's {} classes", classes.len())));
+            return Err(Error::Argument(format!(
+                "{path}: label {l} is not below the identifier's {} classes",
+                classes.len()
+            )));
         }
         let given = label.map(|l| classes[l].clone()).unwrap_or_default();
         let image = match image {
@@ -392,7 +409,8 @@ impl<'a> Filter<'a> {
 /// that has samples, unless `unknown` is [`UnknownClass::Skip`].
 fn class_map(id: &Identifier, src: &dyn Source, unknown: UnknownClass) -> Result<Vec<Option<usize>>> {
     let known = id.classes();
-    let find = |c: &String| known.iter().position(|k| k == c).or_else(|| known.iter().position(|k| safe_component(k) == *c));
+    let find =
+        |c: &String| known.iter().position(|k| k == c).or_else(|| known.iter().position(|k| safe_component(k) == *c));
     let map: Vec<Option<usize>> = src.classes().iter().map(find).collect();
     let mut used = vec![false; map.len()];
     for s in src.samples() {
@@ -400,7 +418,8 @@ fn class_map(id: &Identifier, src: &dyn Source, unknown: UnknownClass) -> Result
             *u = true;
         }
     }
-    let missing: Vec<&str> = (0..map.len()).filter(|&c| used[c] && map[c].is_none()).map(|c| src.classes()[c].as_str()).collect();
+    let missing: Vec<&str> =
+        (0..map.len()).filter(|&c| used[c] && map[c].is_none()).map(|c| src.classes()[c].as_str()).collect();
     if !missing.is_empty() && unknown == UnknownClass::Error {
         return Err(Error::dataset(
             src.location(),
@@ -433,7 +452,12 @@ pub(crate) fn decode(src: &dyn Source, indices: &[usize], channels: u8, size: u3
 /// Source classes are matched to the identifier's by name. Unlabelled
 /// sources get predictions and `label_score` (the top probability) only,
 /// never flags.
-pub fn filter_source(id: &Identifier, src: &dyn Source, opts: &FilterOptions, progress: &dyn Progress) -> Result<FilterReport> {
+pub fn filter_source(
+    id: &Identifier,
+    src: &dyn Source,
+    opts: &FilterOptions,
+    progress: &dyn Progress,
+) -> Result<FilterReport> {
     opts.validate()?;
     let t0 = Instant::now();
     let labelled = src.labelled();
@@ -445,7 +469,12 @@ pub fn filter_source(id: &Identifier, src: &dyn Source, opts: &FilterOptions, pr
             let l = src.samples()[i].label;
             let label = match labelled {
                 false => Ok(None),
-                true => map.get(l).copied().flatten().map(Some).ok_or_else(|| src.classes().get(l).map_or("?", |c| c.as_str())),
+                true => map
+                    .get(l)
+                    .copied()
+                    .flatten()
+                    .map(Some)
+                    .ok_or_else(|| src.classes().get(l).map_or("?", |c| c.as_str())),
             };
             (i, label)
         })
@@ -491,7 +520,10 @@ pub fn filter_source(id: &Identifier, src: &dyn Source, opts: &FilterOptions, pr
 /// source carries (NLT bundles), per split: `(split, metrics)` for every
 /// split whose scored, labelled rows all have a known true label. Empty
 /// when the source has no ground truth.
-pub fn evaluate(report: &FilterReport, src: &dyn Source) -> Result<Vec<(crate::data::Split, crate::metrics::DetectionMetrics)>> {
+pub fn evaluate(
+    report: &FilterReport,
+    src: &dyn Source,
+) -> Result<Vec<(crate::data::Split, crate::metrics::DetectionMetrics)>> {
     let by_path = index_by_path(src);
     let classes = src.classes().len();
     let mut out = Vec::new();
@@ -533,7 +565,9 @@ fn is_zip(out: &Path) -> bool {
 /// folder, or a folder path that is new or an empty folder. Call it before
 /// long work so a bad destination fails first.
 pub fn check_export_target(out: &Path) -> Result<()> {
-    let refuse = |why: &str| Err(Error::io("exporting into", out, std::io::Error::new(std::io::ErrorKind::AlreadyExists, why.to_string())));
+    let refuse = |why: &str| {
+        Err(Error::io("exporting into", out, std::io::Error::new(std::io::ErrorKind::AlreadyExists, why.to_string())))
+    };
     match (is_zip(out), out.is_dir(), out.is_file()) {
         (true, true, _) => refuse("it is a folder; give a .zip file name or a folder without .zip"),
         (false, _, true) => refuse("it is a file; give a new or empty folder, or a .zip path"),
@@ -558,7 +592,10 @@ pub fn export(report: &FilterReport, src: &dyn Source, flagged: bool, out: &Path
     let zip_path = match folder {
         true => {
             let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-            out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join(format!(".{name}.{}.export.zip", std::process::id()))
+            out.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .join(format!(".{name}.{}.export.zip", std::process::id()))
         }
         false => out.to_path_buf(),
     };
@@ -600,7 +637,10 @@ mod tests {
     fn overrides_replace_only_what_is_given() {
         let base = OperatingPoint { rule: Rule::Argmax, max_flag_rate: Some(0.5), min_per_class: 3 };
         let o = FilterOptions { threshold: Some(0.2), min_per_class: Some(0), ..Default::default() };
-        assert_eq!(o.operating_point(&base), OperatingPoint { rule: Rule::Threshold(0.2), max_flag_rate: Some(0.5), min_per_class: 0 });
+        assert_eq!(
+            o.operating_point(&base),
+            OperatingPoint { rule: Rule::Threshold(0.2), max_flag_rate: Some(0.5), min_per_class: 0 }
+        );
         assert!(FilterOptions { batch_size: 0, ..Default::default() }.validate().is_err());
         assert!(FilterOptions { max_flag_rate: Some(1.5), ..Default::default() }.validate().is_err());
     }

@@ -112,7 +112,10 @@ pub struct Identifier {
 }
 
 fn member_options(method: CompressionMethod) -> SimpleFileOptions {
-    SimpleFileOptions::default().compression_method(method).last_modified_time(zip::DateTime::default()).unix_permissions(0o644)
+    SimpleFileOptions::default()
+        .compression_method(method)
+        .last_modified_time(zip::DateTime::default())
+        .unix_permissions(0o644)
 }
 
 impl Identifier {
@@ -188,10 +191,15 @@ impl Identifier {
         read_config(&mut zip)?;
         let name = zip.path.display().to_string();
         if !zip.by_name.contains_key("report.json") {
-            return Err(Error::invalid(name, "identifier", "it has no report.json (it was not written by `h2e train`)"));
+            return Err(Error::invalid(
+                name,
+                "identifier",
+                "it has no report.json (it was not written by `h2e train`)",
+            ));
         }
         let bytes = zip.read("report.json", MAX_MEMBER)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("{name}!report.json"), "report.json", e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(format!("{name}!report.json"), "report.json", e.to_string()))
     }
 
     fn load(mut zip: SafeZip, device: Device) -> Result<Identifier> {
@@ -199,12 +207,24 @@ impl Identifier {
         let name = zip.path.display().to_string();
         let config = read_config(&mut zip)?;
         let mut net = Net::new(config.backbone, config.channels, config.input_size, config.classes.len(), &device);
-        net = weights::from_safetensors(net, &zip.read("model.safetensors", MAX_MEMBER)?, &format!("{name}!model.safetensors"))?;
+        net = weights::from_safetensors(
+            net,
+            &zip.read("model.safetensors", MAX_MEMBER)?,
+            &format!("{name}!model.safetensors"),
+        )?;
         let mut head = Head::new(config.backbone.features(), config.classes.len(), &device);
-        head = weights::from_safetensors(head, &zip.read("head.safetensors", MAX_MEMBER)?, &format!("{name}!head.safetensors"))?;
+        head = weights::from_safetensors(
+            head,
+            &zip.read("head.safetensors", MAX_MEMBER)?,
+            &format!("{name}!head.safetensors"),
+        )?;
         let classifier = if config.has_classifier {
             let c = Net::new(config.backbone, config.channels, config.input_size, config.classes.len(), &device);
-            Some(weights::from_safetensors(c, &zip.read("classifier.safetensors", MAX_MEMBER)?, &format!("{name}!classifier.safetensors"))?)
+            Some(weights::from_safetensors(
+                c,
+                &zip.read("classifier.safetensors", MAX_MEMBER)?,
+                &format!("{name}!classifier.safetensors"),
+            )?)
         } else {
             None
         };
@@ -215,7 +235,14 @@ impl Identifier {
             ),
             false => None,
         };
-        Ok(Identifier { config, net: net.valid(), head: head.valid(), classifier: classifier.map(|c| c.valid()), report, device })
+        Ok(Identifier {
+            config,
+            net: net.valid(),
+            head: head.valid(),
+            classifier: classifier.map(|c| c.valid()),
+            report,
+            device,
+        })
     }
 
     /// The bundle's configuration.
@@ -344,9 +371,10 @@ impl Identifier {
     /// row-major `[n, classes]`: the softmax of its raw logits (trained with
     /// a logit-adjusted loss, so they are already balanced across classes).
     pub fn classifier_probabilities(&self, batch: &PackedBatch) -> Result<Vec<f32>> {
-        let clf = self.classifier.as_ref().ok_or_else(|| {
-            Error::Argument("this identifier has no classifier; train it with --classifier".into())
-        })?;
+        let clf = self
+            .classifier
+            .as_ref()
+            .ok_or_else(|| Error::Argument("this identifier has no classifier; train it with --classifier".into()))?;
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -377,7 +405,11 @@ fn read_config(zip: &mut SafeZip) -> Result<IdentifierConfig> {
     match header.get("format").and_then(|f| f.as_str()) {
         Some(FORMAT) => {}
         Some(other) => {
-            return Err(Error::invalid(&member, "config.json", format!("format is {other:?}, expected {FORMAT:?} (a dataset bundle?)")))
+            return Err(Error::invalid(
+                &member,
+                "config.json",
+                format!("format is {other:?}, expected {FORMAT:?} (a dataset bundle?)"),
+            ))
         }
         None => return Err(Error::invalid(&member, "config.json", "no \"format\" field: not an h2e identifier")),
     }
@@ -392,7 +424,11 @@ fn read_config(zip: &mut SafeZip) -> Result<IdentifierConfig> {
         serde_json::from_value(header).map_err(|e| Error::invalid(&member, "config.json", e.to_string()))?;
     let c = config.classes.len();
     if c == 0 || config.tau.len() != c || config.class_priors.len() != c {
-        return Err(Error::invalid(&member, "config.json", "classes, tau and class_priors must be non-empty and of equal length"));
+        return Err(Error::invalid(
+            &member,
+            "config.json",
+            "classes, tau and class_priors must be non-empty and of equal length",
+        ));
     }
     if !(1..=3).contains(&config.channels) || config.channels == 2 || config.input_size == 0 {
         return Err(Error::invalid(&member, "config.json", "channels must be 1 or 3 and input_size positive"));

@@ -292,7 +292,13 @@ mod tests {
         for i in (0..score.len()).filter(|&i| positive[i]) {
             for j in (0..score.len()).filter(|&j| !positive[j]) {
                 den += 1.0;
-                num += if score[i] > score[j] { 1.0 } else if score[i] == score[j] { 0.5 } else { 0.0 };
+                num += if score[i] > score[j] {
+                    1.0
+                } else if score[i] == score[j] {
+                    0.5
+                } else {
+                    0.0
+                };
             }
         }
         num / den

@@ -146,7 +146,8 @@ pub struct ResNet18 {
 impl ResNet18 {
     fn new(channels: usize, input: usize, device: &Device) -> ResNet18 {
         let small = input <= 64;
-        let stem = if small { ConvBn::new(channels, 64, 3, 1, device) } else { ConvBn::new(channels, 64, 7, 2, device) };
+        let stem =
+            if small { ConvBn::new(channels, 64, 3, 1, device) } else { ConvBn::new(channels, 64, 7, 2, device) };
         let stem_pool = (!small).then(|| {
             MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init()
         });
@@ -213,7 +214,10 @@ pub struct Net {
 impl Net {
     /// A freshly initialised network.
     pub fn new(kind: BackboneKind, channels: usize, input: usize, classes: usize, device: &Device) -> Net {
-        Net { backbone: Backbone::new(kind, channels, input, device), fc: LinearConfig::new(kind.features(), classes).init(device) }
+        Net {
+            backbone: Backbone::new(kind, channels, input, device),
+            fc: LinearConfig::new(kind.features(), classes).init(device),
+        }
     }
 
     /// Logits `[n, classes]`.

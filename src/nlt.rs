@@ -63,7 +63,15 @@ pub struct NltConfig {
 
 impl Default for NltConfig {
     fn default() -> Self {
-        NltConfig { imbalance: 100.0, noise: 0.3, kind: NoiseKind::Uniform, seed: 0, n_max: None, test_per_class: None, pair_map: None }
+        NltConfig {
+            imbalance: 100.0,
+            noise: 0.3,
+            kind: NoiseKind::Uniform,
+            seed: 0,
+            n_max: None,
+            test_per_class: None,
+            pair_map: None,
+        }
     }
 }
 
@@ -138,7 +146,14 @@ fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Ve
                 noise_n[c] = (r * counts[c] as f64 + 1e-9).floor() as usize;
                 let clean = counts[c] - noise_n[c];
                 if pools[c].len() < clean {
-                    return Err(Error::dataset(loc, format!("class {:?} has {} training images, {clean} needed", source.classes()[c], pools[c].len())));
+                    return Err(Error::dataset(
+                        loc,
+                        format!(
+                            "class {:?} has {} training images, {clean} needed",
+                            source.classes()[c],
+                            pools[c].len()
+                        ),
+                    ));
                 }
                 for &i in &pools[c][..clean] {
                     used[i] = true;
@@ -149,9 +164,16 @@ fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Ve
             let mut unused: Vec<usize> = pools.iter().flatten().copied().filter(|&i| !used[i]).collect();
             rng.shuffle(&mut unused);
             for c in 0..c_n {
-                let mut candidates: Vec<usize> = unused.iter().copied().filter(|&i| !used[i] && truth(i) != c).collect();
+                let mut candidates: Vec<usize> =
+                    unused.iter().copied().filter(|&i| !used[i] && truth(i) != c).collect();
                 if candidates.len() < noise_n[c] {
-                    return Err(Error::dataset(loc, format!("not enough unused images of other classes to make {} noisy samples for class {c}", noise_n[c])));
+                    return Err(Error::dataset(
+                        loc,
+                        format!(
+                            "not enough unused images of other classes to make {} noisy samples for class {c}",
+                            noise_n[c]
+                        ),
+                    ));
                 }
                 for k in 0..noise_n[c] {
                     let j = k + rng.below(candidates.len() - k);
@@ -164,7 +186,15 @@ fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Ve
         kind => {
             for c in 0..c_n {
                 if pools[c].len() < counts[c] {
-                    return Err(Error::dataset(loc, format!("class {:?} has {} training images, {} needed", source.classes()[c], pools[c].len(), counts[c])));
+                    return Err(Error::dataset(
+                        loc,
+                        format!(
+                            "class {:?} has {} training images, {} needed",
+                            source.classes()[c],
+                            pools[c].len(),
+                            counts[c]
+                        ),
+                    ));
                 }
                 out.extend(pools[c][..counts[c]].iter().map(|&i| (i, c)));
             }
@@ -178,7 +208,11 @@ fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Ve
                         let y = out[p].1;
                         let new = if kind == NoiseKind::Sym {
                             let j = rng.below(c_n - 1);
-                            if j >= y { j + 1 } else { j }
+                            if j >= y {
+                                j + 1
+                            } else {
+                                j
+                            }
                         } else {
                             let w: Vec<f64> = (0..c_n).map(|j| if j == y { 0.0 } else { counts[j] as f64 }).collect();
                             rng.weighted(&w)
@@ -189,7 +223,9 @@ fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Ve
                 NoiseKind::Pair => {
                     let map = cfg.pair_map.clone().unwrap_or_else(|| default_pair_map(source.classes()));
                     if map.len() != c_n || map.iter().enumerate().any(|(c, &m)| m >= c_n || m == c) {
-                        return Err(Error::Argument(format!("pair map must give every class a different partner in 0..{c_n}")));
+                        return Err(Error::Argument(format!(
+                            "pair map must give every class a different partner in 0..{c_n}"
+                        )));
                     }
                     for e in out.iter_mut() {
                         if rng.f64() < r {
@@ -208,7 +244,12 @@ fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Ve
 
 /// Builds the benchmark bundle at `out`. `on_progress(done, total)` is
 /// called per image written.
-pub fn make_nlt(source: &dyn Source, cfg: &NltConfig, out: &Path, on_progress: &mut dyn FnMut(usize, usize)) -> Result<NltSummary> {
+pub fn make_nlt(
+    source: &dyn Source,
+    cfg: &NltConfig,
+    out: &Path,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<NltSummary> {
     let (train, _) = draw(source, cfg)?;
     let c_n = source.classes().len();
     let mut test: Vec<usize> = Vec::new();

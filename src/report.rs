@@ -142,7 +142,11 @@ fn rows_from_csv(text: &str, name: &str) -> Result<Vec<FilterRow>> {
             return Err(Error::invalid(
                 name,
                 "CSV report",
-                format!("header is {:?}, expected {:?} (written by `h2e filter --report`)", h.join(","), CSV_COLUMNS.join(",")),
+                format!(
+                    "header is {:?}, expected {:?} (written by `h2e filter --report`)",
+                    h.join(","),
+                    CSV_COLUMNS.join(",")
+                ),
             ))
         }
         None => return Err(Error::invalid(name, "CSV report", "the file is empty (no header)")),
@@ -285,7 +289,9 @@ pub struct ClassSummary {
 pub fn class_summaries(report: &FilterReport, top_k: usize) -> Vec<ClassSummary> {
     let mut by: HashMap<&str, ClassSummary> = HashMap::new();
     for (i, r) in report.rows.iter().enumerate() {
-        let c = by.entry(&r.given_label).or_insert_with(|| ClassSummary { class: r.given_label.clone(), ..Default::default() });
+        let c = by
+            .entry(&r.given_label)
+            .or_insert_with(|| ClassSummary { class: r.given_label.clone(), ..Default::default() });
         c.samples += 1;
         c.flagged += r.is_label_issue as usize;
         c.errors += r.error.is_some() as usize;
@@ -310,7 +316,8 @@ fn thumbnail(src: &dyn Source, index: Option<usize>, max: u32) -> Thumb {
     let i = index.ok_or("not in the data source")?;
     let img = src.load(i).map_err(|e| e.to_string())?;
     let scale = (max as f64 / img.width.max(img.height) as f64).min(1.0);
-    let (w, h) = (((img.width as f64 * scale).round() as u32).max(1), ((img.height as f64 * scale).round() as u32).max(1));
+    let (w, h) =
+        (((img.width as f64 * scale).round() as u32).max(1), ((img.height as f64 * scale).round() as u32).max(1));
     let img = if scale < 1.0 { resize(&img, img.channels, w, h) } else { img };
     Ok((format!("data:image/png;base64,{}", base64(&encode_png(&img))), w, h))
 }
@@ -327,7 +334,9 @@ fn thumbnails(report: &FilterReport, rows: &[usize], src: Option<&dyn Source>, m
             .chunks(chunk)
             .map(|c| {
                 s.spawn(move || {
-                    c.iter().map(|&r| thumbnail(src, index.get(report.rows[r].path.as_str()).copied(), max)).collect::<Vec<_>>()
+                    c.iter()
+                        .map(|&r| thumbnail(src, index.get(report.rows[r].path.as_str()).copied(), max))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -377,11 +386,16 @@ fn bars_svg(classes: &[ClassSummary]) -> String {
     let max = classes.iter().map(|c| c.samples).max().unwrap_or(1).max(1) as f64;
     let height = row_h * classes.len() as f64 + 8.0;
     let mut s = String::new();
-    let _ = write!(s, r#"<svg class="bars" width="{w}" height="{height}" viewBox="0 0 {w} {height}" role="img" aria-label="kept and flagged samples per class">"#, w = label_w + bar_w + 260.0);
+    let _ = write!(
+        s,
+        r#"<svg class="bars" width="{w}" height="{height}" viewBox="0 0 {w} {height}" role="img" aria-label="kept and flagged samples per class">"#,
+        w = label_w + bar_w + 260.0
+    );
     for (i, c) in classes.iter().enumerate() {
         let y = 4.0 + row_h * i as f64;
         let name = class_name(&c.class);
-        let short: String = if name.chars().count() > 26 { name.chars().take(25).chain(['…']).collect() } else { name.to_string() };
+        let short: String =
+            if name.chars().count() > 26 { name.chars().take(25).chain(['…']).collect() } else { name.to_string() };
         let kept = c.samples - c.flagged - c.errors;
         let _ = write!(
             s,
@@ -397,7 +411,11 @@ fn bars_svg(classes: &[ClassSummary]) -> String {
         for (n, colour) in [(kept, "#8fbf94"), (c.flagged, "#d9534f"), (c.errors, "#aaaaaa")] {
             let w = bar_w * n as f64 / max;
             if n > 0 {
-                let _ = write!(s, r#"<rect x="{x:.1}" y="{y}" width="{w:.1}" height="{h}" fill="{colour}"/>"#, h = row_h - 4.0);
+                let _ = write!(
+                    s,
+                    r#"<rect x="{x:.1}" y="{y}" width="{w:.1}" height="{h}" fill="{colour}"/>"#,
+                    h = row_h - 4.0
+                );
             }
             x += w;
         }
@@ -554,7 +572,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
         assert_eq!(base64(&[0xff, 0xfe, 0x00]), "//4A");
@@ -564,7 +590,11 @@ mod tests {
     fn escaping_and_csv_round_trip() {
         assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
         let report = FilterReport {
-            rows: vec![row("a/1.png", "a", Some(0.25), true), row("a/x,\"y\"\n.png", "a", None, false), row("b/2.png", "b", Some(0.9), false)],
+            rows: vec![
+                row("a/1.png", "a", Some(0.25), true),
+                row("a/x,\"y\"\n.png", "a", None, false),
+                row("b/2.png", "b", Some(0.9), false),
+            ],
             seconds: 0.0,
         };
         let mut csv = Vec::new();
@@ -575,7 +605,10 @@ mod tests {
         report.write_jsonl(&mut jsonl).unwrap();
         assert_eq!(parse_report(std::str::from_utf8(&jsonl).unwrap(), "r.jsonl").unwrap().rows, report.rows);
         assert!(parse_report("path,label\n", "bad.csv").unwrap_err().to_string().contains("header"));
-        assert!(parse_report(&format!("{}\na,b\n", CSV_COLUMNS.join(",")), "bad.csv").unwrap_err().to_string().contains("record 2"));
+        assert!(parse_report(&format!("{}\na,b\n", CSV_COLUMNS.join(",")), "bad.csv")
+            .unwrap_err()
+            .to_string()
+            .contains("record 2"));
     }
 
     #[test]
@@ -591,11 +624,19 @@ mod tests {
     #[test]
     fn summaries_rank_by_noise_score() {
         let report = FilterReport {
-            rows: vec![row("1", "a", Some(0.9), false), row("2", "a", Some(0.1), true), row("3", "a", None, false), row("4", "b", Some(0.5), false)],
+            rows: vec![
+                row("1", "a", Some(0.9), false),
+                row("2", "a", Some(0.1), true),
+                row("3", "a", None, false),
+                row("4", "b", Some(0.5), false),
+            ],
             seconds: 0.0,
         };
         let c = class_summaries(&report, 1);
-        assert_eq!((c[0].class.as_str(), c[0].samples, c[0].flagged, c[0].errors, c[0].top.clone()), ("a", 3, 1, 1, vec![1]));
+        assert_eq!(
+            (c[0].class.as_str(), c[0].samples, c[0].flagged, c[0].errors, c[0].top.clone()),
+            ("a", 3, 1, 1, vec![1])
+        );
         let html = render_html(&report, None, &HtmlOptions::default());
         assert_eq!(html.matches("<figure").count(), 3);
         assert!(html.contains("no image: no data source given") && !html.contains("http"));

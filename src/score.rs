@@ -177,9 +177,17 @@ pub struct Scores {
 /// Decides flags and weights for per-sample scores of samples with `labels`
 /// (`classes` classes) under `op`. `probs` is the row-major adjusted
 /// probability matrix, needed only when [`Rule::needs_probabilities`].
-pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], classes: usize, op: &OperatingPoint) -> Result<Scores> {
-    let needs_probs =
-        || probs.ok_or_else(|| Error::Argument(format!("the {} operating point needs the adjusted probabilities", op.rule)));
+pub fn apply(
+    per: &[SampleScore],
+    probs: Option<&[f32]>,
+    labels: &[usize],
+    classes: usize,
+    op: &OperatingPoint,
+) -> Result<Scores> {
+    let needs_probs = || {
+        probs
+            .ok_or_else(|| Error::Argument(format!("the {} operating point needs the adjusted probabilities", op.rule)))
+    };
     let argmax = || per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect::<Vec<bool>>();
     let agreement = || per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect::<Vec<bool>>();
     // At most the estimated number of noisy samples per class.
@@ -192,7 +200,9 @@ pub fn apply(per: &[SampleScore], probs: Option<&[f32]>, labels: &[usize], class
         Rule::Argmax => argmax(),
         Rule::Agreement => agreement(),
         Rule::Threshold(t) => per.iter().map(|s| s.noise_score >= t).collect(),
-        Rule::ConfidentLearning => crate::baselines::confident_learning(needs_probs()?, labels, classes)?.detection.flagged,
+        Rule::ConfidentLearning => {
+            crate::baselines::confident_learning(needs_probs()?, labels, classes)?.detection.flagged
+        }
         Rule::NoiseRate => noise_rate_cap(argmax())?,
         Rule::AgreementNoiseRate => noise_rate_cap(agreement())?,
     };
@@ -207,7 +217,13 @@ fn by_score(per: &[SampleScore], idx: &mut [usize]) {
 
 /// Leaves, in every class `c` of `n` samples, at most `max_flags(c, n)`
 /// flags: the highest-scored ones.
-fn cap_per_class(per: &[SampleScore], flagged: &mut [bool], labels: &[usize], classes: usize, max_flags: impl Fn(usize, usize) -> usize) {
+fn cap_per_class(
+    per: &[SampleScore],
+    flagged: &mut [bool],
+    labels: &[usize],
+    classes: usize,
+    max_flags: impl Fn(usize, usize) -> usize,
+) {
     for c in 0..classes {
         let members: Vec<usize> = (0..per.len()).filter(|&i| labels[i] == c).collect();
         let cap = max_flags(c, members.len());
@@ -224,7 +240,13 @@ fn cap_per_class(per: &[SampleScore], flagged: &mut [bool], labels: &[usize], cl
 /// Applies `op`'s caps (maximum flag rate, minimum kept per class) to flags
 /// decided elsewhere (e.g. by a baseline detector), then computes weights.
 /// Caps unflag the lowest-scored samples first.
-pub fn apply_caps(per: &[SampleScore], mut flagged: Vec<bool>, labels: &[usize], classes: usize, op: &OperatingPoint) -> Scores {
+pub fn apply_caps(
+    per: &[SampleScore],
+    mut flagged: Vec<bool>,
+    labels: &[usize],
+    classes: usize,
+    op: &OperatingPoint,
+) -> Scores {
     let n = per.len();
     if let Some(rate) = op.max_flag_rate {
         let cap = (rate.clamp(0.0, 1.0) as f64 * n as f64).floor() as usize;
@@ -252,7 +274,12 @@ pub fn apply_caps(per: &[SampleScore], mut flagged: Vec<bool>, labels: &[usize],
             }
         })
         .collect();
-    Scores { pred: per.iter().map(|s| s.pred).collect(), noise_score: per.iter().map(|s| s.noise_score).collect(), flagged, weight }
+    Scores {
+        pred: per.iter().map(|s| s.pred).collect(),
+        noise_score: per.iter().map(|s| s.noise_score).collect(),
+        flagged,
+        weight,
+    }
 }
 
 /// `softmax(z - tau * log_prior)` of every row of a row-major `[n, classes]`
@@ -313,7 +340,8 @@ mod tests {
         let labels = [0, 0, 0, 1];
         let zero = [0.0; 2];
         let argmax = OperatingPoint { rule: Rule::Argmax, ..Default::default() };
-        let s = score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { min_per_class: 0, ..argmax }).unwrap();
+        let s =
+            score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { min_per_class: 0, ..argmax }).unwrap();
         assert_eq!(s.flagged, vec![false, true, true, true]);
         assert_eq!(s.weight[1], NOISE_WEIGHT);
         assert_eq!(s.weight[0], 1.0);
@@ -332,14 +360,23 @@ mod tests {
     fn confident_learning_rule_needs_and_uses_the_probabilities() {
         // Class 0: 6 samples, class 1: 4; sample 2 looks like class 1.
         let logits: Vec<f32> = [
-            [4.0, 0.0], [3.5, 0.2], [0.1, 3.0], [3.9, 0.1], [4.2, 0.0], [3.0, 0.5],
-            [0.0, 3.0], [0.3, 2.5], [0.1, 3.3], [0.0, 2.9],
+            [4.0, 0.0],
+            [3.5, 0.2],
+            [0.1, 3.0],
+            [3.9, 0.1],
+            [4.2, 0.0],
+            [3.0, 0.5],
+            [0.0, 3.0],
+            [0.3, 2.5],
+            [0.1, 3.3],
+            [0.0, 2.9],
         ]
         .concat();
         let labels = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
         let zero = [0.0; 2];
         let op = OperatingPoint { rule: Rule::ConfidentLearning, min_per_class: 0, ..Default::default() };
-        let per: Vec<SampleScore> = logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &zero, &zero)).collect();
+        let per: Vec<SampleScore> =
+            logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &zero, &zero)).collect();
         assert!(apply(&per, None, &labels, 2, &op).is_err());
         let s = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
         let probs = adjusted_probabilities(&logits, 2, &zero, &zero);
@@ -390,8 +427,12 @@ mod tests {
             3.0, 0.0, // plain 0, adjusted 0, but labelled 1
         ];
         let labels = [0, 0, 0, 1];
-        let per: Vec<SampleScore> = logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &tau, &lp)).collect();
-        assert_eq!(per.iter().map(|s| (s.pred, s.plain_pred)).collect::<Vec<_>>(), vec![(1, 0), (0, 0), (1, 1), (0, 0)]);
+        let per: Vec<SampleScore> =
+            logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &tau, &lp)).collect();
+        assert_eq!(
+            per.iter().map(|s| (s.pred, s.plain_pred)).collect::<Vec<_>>(),
+            vec![(1, 0), (0, 0), (1, 1), (0, 0)]
+        );
         let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
         let am = apply(&per, None, &labels, 2, &op(Rule::Argmax)).unwrap();
         assert_eq!(am.flagged, vec![true, false, true, true]);
@@ -409,16 +450,26 @@ mod tests {
         // class 1: 4 clean-looking samples. The estimated noise rate of
         // class 0 is below 4/8, so the cap keeps only the most suspicious.
         let logits: Vec<f32> = [
-            [4.0, 0.0], [3.5, 0.2], [3.9, 0.1], [4.2, 0.0],
-            [0.0, 3.0], [0.4, 1.0], [0.8, 1.0], [0.9, 1.0],
-            [0.0, 3.0], [0.3, 2.5], [0.1, 3.3], [0.0, 2.9],
+            [4.0, 0.0],
+            [3.5, 0.2],
+            [3.9, 0.1],
+            [4.2, 0.0],
+            [0.0, 3.0],
+            [0.4, 1.0],
+            [0.8, 1.0],
+            [0.9, 1.0],
+            [0.0, 3.0],
+            [0.3, 2.5],
+            [0.1, 3.3],
+            [0.0, 2.9],
         ]
         .concat();
         let labels = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
         let zero = [0.0; 2];
         let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
         assert!(Rule::AgreementNoiseRate.needs_probabilities());
-        let per: Vec<SampleScore> = logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &zero, &zero)).collect();
+        let per: Vec<SampleScore> =
+            logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &zero, &zero)).collect();
         assert!(apply(&per, None, &labels, 2, &op(Rule::AgreementNoiseRate)).is_err());
         let capped = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::AgreementNoiseRate)).unwrap();
         let agree = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::Agreement)).unwrap();
@@ -430,9 +481,12 @@ mod tests {
         // A subset of the agreement flags, exactly the cap's size, highest scores first.
         assert!(capped.flagged.iter().zip(&agree.flagged).all(|(c, a)| !c || *a));
         assert_eq!(capped.flagged.iter().filter(|&&f| f).count(), cap0);
-        let lowest_kept = (0..12).filter(|&i| capped.flagged[i]).map(|i| capped.noise_score[i]).fold(f32::INFINITY, f32::min);
-        let highest_dropped =
-            (0..12).filter(|&i| agree.flagged[i] && !capped.flagged[i]).map(|i| capped.noise_score[i]).fold(0.0, f32::max);
+        let lowest_kept =
+            (0..12).filter(|&i| capped.flagged[i]).map(|i| capped.noise_score[i]).fold(f32::INFINITY, f32::min);
+        let highest_dropped = (0..12)
+            .filter(|&i| agree.flagged[i] && !capped.flagged[i])
+            .map(|i| capped.noise_score[i])
+            .fold(0.0, f32::max);
         assert!(lowest_kept >= highest_dropped);
         assert_eq!("agreement-noise-rate".parse::<Rule>().unwrap(), Rule::AgreementNoiseRate);
 

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{Module, Param};
 use burn::optim::momentum::MomentumConfig;
-use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::{decay::WeightDecayConfig, GradientsParams, SgdConfig};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -201,12 +201,20 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.classifier_min_keep) {
             return bad(format!("classifier-min-keep must be in [0, 1], got {}", self.classifier_min_keep));
         }
-        for (name, v) in [("lr", self.lr), ("identifier-lr", self.identifier_lr), ("classifier-lr", self.classifier_lr.unwrap_or(self.lr))] {
+        for (name, v) in [
+            ("lr", self.lr),
+            ("identifier-lr", self.identifier_lr),
+            ("classifier-lr", self.classifier_lr.unwrap_or(self.lr)),
+        ] {
             if !(v.is_finite() && v > 0.0) {
                 return bad(format!("{name} must be a positive number, got {v}"));
             }
         }
-        if !(0.0..1.0).contains(&self.momentum) || self.weight_decay < 0.0 || self.mixup_alpha < 0.0 || self.irm_lambda < 0.0 {
+        if !(0.0..1.0).contains(&self.momentum)
+            || self.weight_decay < 0.0
+            || self.mixup_alpha < 0.0
+            || self.irm_lambda < 0.0
+        {
             return bad("momentum must be in [0, 1); weight decay, mixup alpha and IRM lambda must be >= 0".into());
         }
         if let Some(s) = self.input_size {
@@ -441,7 +449,12 @@ fn stage<T>(progress: &dyn Progress, name: &str, total: u64, body: impl FnOnce()
 
 impl<'a> Engine<'a> {
     /// An engine for `train` (which fixes channels and classes) on `device`.
-    pub fn new(device: Device, config: TrainConfig, train: &TensorSet, progress: &'a dyn Progress) -> Result<Engine<'a>> {
+    pub fn new(
+        device: Device,
+        config: TrainConfig,
+        train: &TensorSet,
+        progress: &'a dyn Progress,
+    ) -> Result<Engine<'a>> {
         config.validate()?;
         if train.is_empty() {
             return Err(Error::Argument("no training samples".into()));
@@ -450,7 +463,15 @@ impl<'a> Engine<'a> {
         let mut config = config;
         config.input_size = Some(size);
         config.backbone = Some(config.backbone.unwrap_or(BackboneKind::for_input(size)));
-        Ok(Engine { device: device.without_autodiff(), config, channels: train.channels, size, classes: train.classes.len(), progress, checkpoints: None })
+        Ok(Engine {
+            device: device.without_autodiff(),
+            config,
+            channels: train.channels,
+            size,
+            classes: train.classes.len(),
+            progress,
+            checkpoints: None,
+        })
     }
 
     /// Saves a checkpoint into `dir` after every backbone epoch (network
@@ -474,7 +495,13 @@ impl<'a> Engine<'a> {
     }
 
     /// Preprocessed batch of `indices` (our WGSL kernel on wgpu).
-    fn batch(&self, set: &TensorSet, indices: &[usize], params: &PreprocessParams, device: &Device) -> Result<Tensor<4>> {
+    fn batch(
+        &self,
+        set: &TensorSet,
+        indices: &[usize],
+        params: &PreprocessParams,
+        device: &Device,
+    ) -> Result<Tensor<4>> {
         let packed = PackedBatch::from_set(set, indices)?;
         kernels::preprocess(device, &packed, params)
     }
@@ -506,8 +533,15 @@ impl<'a> Engine<'a> {
         let bs = cfg.batch_size.min(indices.len()).max(1);
         let steps_per_epoch = indices.len().div_ceil(bs);
         let total = epochs * steps_per_epoch;
-        let adjust = stage2.map(|(_, adj)| Tensor::<1>::from_data(TensorData::new(adj.to_vec(), [adj.len()]), &ad).unsqueeze_dim::<2>(0));
-        let run_id = run_hash(&[name], &[seed, epochs as u64, bs as u64, peak.to_bits(), stage2.is_some() as u64], indices, &self.config);
+        let adjust = stage2.map(|(_, adj)| {
+            Tensor::<1>::from_data(TensorData::new(adj.to_vec(), [adj.len()]), &ad).unsqueeze_dim::<2>(0)
+        });
+        let run_id = run_hash(
+            &[name],
+            &[seed, epochs as u64, bs as u64, peak.to_bits(), stage2.is_some() as u64],
+            indices,
+            &self.config,
+        );
         let mut first_epoch = 0;
         if let Some((m, o, e)) = self.load_checkpoint(name, &run_id, model.clone(), optim.clone())? {
             (model, optim, first_epoch) = (m, o, e);
@@ -524,7 +558,8 @@ impl<'a> Engine<'a> {
             let stage_name = format!("{name} epoch {}/{epochs}", epoch + 1);
             self.progress.event(Event::Start { stage: &stage_name, total: steps_per_epoch as u64 });
             for (b, chunk) in order.chunks(bs).enumerate() {
-                let params = PreprocessParams { pad: cfg.pad, flip: cfg.flip, seed: rng.next_u64(), ..cfg.params(self.size) };
+                let params =
+                    PreprocessParams { pad: cfg.pad, flip: cfg.flip, seed: rng.next_u64(), ..cfg.params(self.size) };
                 let x = self.batch(set, chunk, &params, &ad)?;
                 let labels: Vec<usize> = chunk.iter().map(|&i| set.labels[i]).collect();
                 let y = int_tensor(&labels, &ad).unsqueeze_dim::<2>(1);
@@ -588,13 +623,26 @@ impl<'a> Engine<'a> {
     fn checkpoint_paths(&self, tag: &str) -> Option<[PathBuf; 3]> {
         let dir = &self.checkpoints.as_ref()?.dir;
         let base: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-        Some([dir.join(format!("{base}.json")), dir.join(format!("{base}.model.bpk")), dir.join(format!("{base}.optim.bpk"))])
+        Some([
+            dir.join(format!("{base}.json")),
+            dir.join(format!("{base}.model.bpk")),
+            dir.join(format!("{base}.optim.bpk")),
+        ])
     }
 
-    fn save_checkpoint(&self, tag: &str, run: &str, model: &Net, optim: &burn::optim::ModuleOptimizer, done: usize) -> Result<()> {
+    fn save_checkpoint(
+        &self,
+        tag: &str,
+        run: &str,
+        model: &Net,
+        optim: &burn::optim::ModuleOptimizer,
+        done: usize,
+    ) -> Result<()> {
         let Some([json, m, o]) = self.checkpoint_paths(tag) else { return Ok(()) };
         let tmp = |p: &Path| p.with_extension("tmp");
-        let fail = |p: &Path, e: &dyn std::fmt::Display| Error::io("writing checkpoint", p, std::io::Error::other(e.to_string()));
+        let fail = |p: &Path, e: &dyn std::fmt::Display| {
+            Error::io("writing checkpoint", p, std::io::Error::other(e.to_string()))
+        };
         // `valid()` first: batch norm's running statistics are synchronised
         // there; a record of the training-mode module can hold stale ones.
         model.valid().save_file(tmp(&m)).map_err(|e| fail(&m, &e))?;
@@ -602,7 +650,8 @@ impl<'a> Engine<'a> {
         for p in [&m, &o] {
             std::fs::rename(tmp(p), p).map_err(|e| Error::io("renaming checkpoint", p, e))?;
         }
-        let state = serde_json::to_vec(&CheckpointState { run: run.to_string(), epochs_done: done }).map_err(|e| fail(&json, &e))?;
+        let state = serde_json::to_vec(&CheckpointState { run: run.to_string(), epochs_done: done })
+            .map_err(|e| fail(&json, &e))?;
         crate::fsutil::write_atomic(&json, &state)
     }
 
@@ -627,7 +676,8 @@ impl<'a> Engine<'a> {
                 "it was written by a run with other settings or data; delete the checkpoint folder or train without --resume",
             ));
         }
-        let bad = |p: &Path, e: &dyn std::fmt::Display| Error::invalid(p.display().to_string(), "checkpoint", e.to_string());
+        let bad =
+            |p: &Path, e: &dyn std::fmt::Display| Error::invalid(p.display().to_string(), "checkpoint", e.to_string());
         let model = model.try_load_file(&m).map_err(|e| bad(&m, &e))?;
         let optim = optim.load(&o).map_err(|e| bad(&o, &e))?;
         log::info!("{tag}: resuming after epoch {}", state.epochs_done);
@@ -655,13 +705,24 @@ impl<'a> Engine<'a> {
     }
 
     /// Stage B: the invariant noise identifier on a frozen backbone.
-    fn train_head(&self, net_ad: &Net, set: &TensorSet, indices: &[usize], log_prior: &[f32], seed: u64, name: &str) -> Result<Head> {
+    fn train_head(
+        &self,
+        net_ad: &Net,
+        set: &TensorSet,
+        indices: &[usize],
+        log_prior: &[f32],
+        seed: u64,
+        name: &str,
+    ) -> Result<Head> {
         let cfg = &self.config;
         let ad = self.device.clone().autodiff();
         let backbone = net_ad.backbone.valid();
         let mut head = Head {
             linear: net_ad.fc.clone(),
-            tau: Param::from_tensor(Tensor::<1>::from_data(TensorData::new(vec![1f32; self.classes], [self.classes]), &ad)),
+            tau: Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(vec![1f32; self.classes], [self.classes]),
+                &ad,
+            )),
         };
         let lp = Tensor::<1>::from_data(TensorData::new(log_prior.to_vec(), [self.classes]), &ad);
         let mut optim = sgd(cfg.momentum, 0.0, Some(1.0));
@@ -773,7 +834,9 @@ impl<'a> Engine<'a> {
         let tau = read_f32(head.tau.val(), "tau")?;
         let raw = head.raw(f);
         let probs = match probabilities {
-            true => Some(score::adjusted_probabilities(&read_f32(raw.clone(), "logits")?, self.classes, &tau, log_prior)),
+            true => {
+                Some(score::adjusted_probabilities(&read_f32(raw.clone(), "logits")?, self.classes, &tau, log_prior))
+            }
             false => None,
         };
         let out = kernels::score(raw, int_tensor(&set.labels, &self.device), &tau, log_prior)?;
@@ -786,7 +849,15 @@ impl<'a> Engine<'a> {
         Ok((per, probs))
     }
 
-    fn round_report(&self, set: &TensorSet, round: usize, train: usize, scores: &Scores, tau: Vec<f32>, t: Instant) -> Result<RoundReport> {
+    fn round_report(
+        &self,
+        set: &TensorSet,
+        round: usize,
+        train: usize,
+        scores: &Scores,
+        tau: Vec<f32>,
+        t: Instant,
+    ) -> Result<RoundReport> {
         let mut per_class = vec![0; self.classes];
         for (i, &f) in scores.flagged.iter().enumerate() {
             if f {
@@ -794,7 +865,13 @@ impl<'a> Engine<'a> {
             }
         }
         let metrics = match set.noise_mask() {
-            Some(truth) => Some(metrics::detection_metrics(&scores.flagged, &scores.noise_score, &truth, &set.labels, self.classes)?),
+            Some(truth) => Some(metrics::detection_metrics(
+                &scores.flagged,
+                &scores.noise_score,
+                &truth,
+                &set.labels,
+                self.classes,
+            )?),
             None => None,
         };
         Ok(RoundReport {
@@ -818,8 +895,10 @@ impl<'a> Engine<'a> {
         let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
         let plain_pred: Vec<usize> = p.chunks(c).map(baselines::argmax).collect();
         // log p_k - log pi_k ranks classes as z_k - log pi_k does.
-        let la_pred: Vec<usize> =
-            p.chunks(c).map(|r| baselines::argmax(&r.iter().zip(&lp).map(|(p, l)| p.ln() - l).collect::<Vec<_>>())).collect();
+        let la_pred: Vec<usize> = p
+            .chunks(c)
+            .map(|r| baselines::argmax(&r.iter().zip(&lp).map(|(p, l)| p.ln() - l).collect::<Vec<_>>()))
+            .collect();
         Ok(ReferenceAccuracy {
             ce: metrics::accuracy_metrics(&plain_pred, &truth, counts)?,
             ce_post_hoc_la: metrics::accuracy_metrics(&la_pred, &truth, counts)?,
@@ -828,13 +907,22 @@ impl<'a> Engine<'a> {
 
     /// Metrics of each operating point's flags (the configured caps kept)
     /// on one round's scores.
-    fn operating_points(&self, set: &TensorSet, per: &[SampleScore], probs: &[f32]) -> Result<Vec<(String, DetectionMetrics)>> {
+    fn operating_points(
+        &self,
+        set: &TensorSet,
+        per: &[SampleScore],
+        probs: &[f32],
+    ) -> Result<Vec<(String, DetectionMetrics)>> {
         let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for rule in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement, Rule::AgreementNoiseRate] {
+        for rule in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement, Rule::AgreementNoiseRate]
+        {
             let (name, op) = (rule.to_string(), OperatingPoint { rule, ..self.config.operating_point });
             let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
-            out.push((name, metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &set.labels, self.classes)?));
+            out.push((
+                name,
+                metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &set.labels, self.classes)?,
+            ));
         }
         Ok(out)
     }
@@ -846,10 +934,22 @@ impl<'a> Engine<'a> {
     /// `classifier_epochs` (default: the stage-A budget). Returns it in
     /// validation mode with its accuracy on `test` (true labels when the
     /// data has them).
-    pub fn train_classifier(&self, train: &TensorSet, test: &TensorSet, scores: &Scores) -> Result<(Net, AccuracyMetrics)> {
+    pub fn train_classifier(
+        &self,
+        train: &TensorSet,
+        test: &TensorSet,
+        scores: &Scores,
+    ) -> Result<(Net, AccuracyMetrics)> {
         let cfg = &self.config;
-        if scores.flagged.len() != train.len() || scores.weight.len() != train.len() || scores.noise_score.len() != train.len() {
-            return Err(Error::Argument(format!("{} scores for {} training samples", scores.flagged.len(), train.len())));
+        if scores.flagged.len() != train.len()
+            || scores.weight.len() != train.len()
+            || scores.noise_score.len() != train.len()
+        {
+            return Err(Error::Argument(format!(
+                "{} scores for {} training samples",
+                scores.flagged.len(),
+                train.len()
+            )));
         }
         let (keep, weight) = classifier_set(scores, &train.labels, self.classes, cfg.classifier_min_keep);
         let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
@@ -885,18 +985,28 @@ impl<'a> Engine<'a> {
                 for r in 1..=cfg.rounds {
                     let t = Instant::now();
                     let seed = cfg.seed.wrapping_add(1000 * r as u64);
-                    let net = self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None)?;
+                    let net =
+                        self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None)?;
                     if r == 1 {
                         first_net = Some(net.valid());
                     }
                     let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
                     let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
-                    let head = self.train_head(&net, train, &keep, &lp, seed, &format!("round {r}/{} identifier", cfg.rounds))?;
+                    let head = self.train_head(
+                        &net,
+                        train,
+                        &keep,
+                        &lp,
+                        seed,
+                        &format!("round {r}/{} identifier", cfg.rounds),
+                    )?;
                     let want = cfg.operating_point.rule.needs_probabilities() || train.true_labels.is_some();
                     let name = format!("round {r}/{} scoring", cfg.rounds);
                     let (per, probs) = self.score_all(&net.valid(), &head, train, &lp, &name, want)?;
-                    let scores = score::apply(&per, probs.as_deref(), &train.labels, self.classes, &cfg.operating_point)?;
-                    let mut report = self.round_report(train, r, keep.len(), &scores, read_f32(head.tau.val(), "tau")?, t)?;
+                    let scores =
+                        score::apply(&per, probs.as_deref(), &train.labels, self.classes, &cfg.operating_point)?;
+                    let mut report =
+                        self.round_report(train, r, keep.len(), &scores, read_f32(head.tau.val(), "tau")?, t)?;
                     if let Some(p) = &probs {
                         report.operating_points = self.operating_points(train, &per, p)?;
                     }
@@ -923,8 +1033,10 @@ impl<'a> Engine<'a> {
                         let mut oos = vec![0f32; train.len() * self.classes];
                         for (k, (fit, held)) in folds.iter().enumerate() {
                             let name = format!("fold {}/{}", k + 1, folds.len());
-                            let fold_net = self.train_net(train, fit, &name, cfg.seed.wrapping_add(k as u64 + 1), None)?;
-                            let p = self.probabilities(&fold_net.valid(), train, held, &format!("{name} predicting"))?;
+                            let fold_net =
+                                self.train_net(train, fit, &name, cfg.seed.wrapping_add(k as u64 + 1), None)?;
+                            let p =
+                                self.probabilities(&fold_net.valid(), train, held, &format!("{name} predicting"))?;
                             for (j, &i) in held.iter().enumerate() {
                                 oos[i * self.classes..(i + 1) * self.classes]
                                     .copy_from_slice(&p[j * self.classes..(j + 1) * self.classes]);
@@ -939,16 +1051,26 @@ impl<'a> Engine<'a> {
                     .map(|i| {
                         let row = &in_sample[i * self.classes..(i + 1) * self.classes];
                         let pred = baselines::argmax(row);
-                        SampleScore { pred, plain_pred: pred, noise_score: detection.score[i], max_prob: maxp[i], prob_label: row[train.labels[i]] }
+                        SampleScore {
+                            pred,
+                            plain_pred: pred,
+                            noise_score: detection.score[i],
+                            max_prob: maxp[i],
+                            prob_label: row[train.labels[i]],
+                        }
                     })
                     .collect();
                 // The detector's own flags, then the operating point's caps.
-                let scores = score::apply_caps(&per, detection.flagged, &train.labels, self.classes, &cfg.operating_point);
+                let scores =
+                    score::apply_caps(&per, detection.flagged, &train.labels, self.classes, &cfg.operating_point);
                 rounds.push(self.round_report(train, 1, train.len(), &scores, vec![0.0; self.classes], t)?);
                 let ad = self.device.clone().autodiff();
                 let head = Head {
                     linear: net.fc.clone(),
-                    tau: Param::from_tensor(Tensor::<1>::from_data(TensorData::new(vec![0f32; self.classes], [self.classes]), &ad)),
+                    tau: Param::from_tensor(Tensor::<1>::from_data(
+                        TensorData::new(vec![0f32; self.classes], [self.classes]),
+                        &ad,
+                    )),
                 }
                 .valid();
                 (net, head, log_prior(&counts), scores, Some(valid))

@@ -64,7 +64,10 @@ impl ModuleVisitor for Collect {
 /// Serialises every float tensor of `module` (parameters and running
 /// statistics) to safetensors bytes. The validation-mode snapshot is what
 /// is written: batch norm synchronises its running statistics there.
-pub fn to_safetensors<M: Module>(module: &M, metadata: Option<std::collections::HashMap<String, String>>) -> Result<Vec<u8>> {
+pub fn to_safetensors<M: Module>(
+    module: &M,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let mut c = Collect { path: PathStack::default(), out: Vec::new(), error: None };
     module.valid().visit(&mut c);
     if let Some(e) = c.error {
@@ -115,7 +118,8 @@ impl ModuleMapper for Load<'_> {
             ));
             return param;
         }
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         if values.iter().any(|v| !v.is_finite()) {
             self.error = Some(Error::invalid(self.name, "weights", format!("tensor {key} holds non-finite values")));
             return param;
@@ -131,8 +135,8 @@ impl ModuleMapper for Load<'_> {
 /// must have the same architecture. Every tensor must be present with the
 /// right shape; the module keeps its device.
 pub fn from_safetensors<M: Module>(module: M, bytes: &[u8], name: &str) -> Result<M> {
-    let tensors =
-        SafeTensors::deserialize(bytes).map_err(|e| Error::invalid(name, "weights", format!("not a safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::invalid(name, "weights", format!("not a safetensors file: {e}")))?;
     let mut l = Load { path: PathStack::default(), tensors: &tensors, name, error: None };
     let module = module.map(&mut l);
     match l.error {

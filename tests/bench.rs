@@ -53,8 +53,20 @@ fn train_then_eval_through_the_binary() {
     let t = tempfile::tempdir().unwrap();
     let id = t.path().join("id.zip");
     let args = [
-        "train", "--device", "cpu", "--epochs", "1", "--rounds", "1", "--identifier-epochs", "1", "--classifier",
-        "--classifier-epochs", "1", "-o", id.to_str().unwrap(),
+        "train",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--rounds",
+        "1",
+        "--identifier-epochs",
+        "1",
+        "--classifier",
+        "--classifier-epochs",
+        "1",
+        "-o",
+        id.to_str().unwrap(),
     ];
     let o = h2e(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -76,7 +88,15 @@ fn train_then_eval_through_the_binary() {
     let data = t.path().join("default.zip");
     std::fs::write(&data, h2e::embedded::DEFAULT_BUNDLE).unwrap();
     let csv = t.path().join("r.csv");
-    let o = h2e(&["filter", id.to_str().unwrap(), data.to_str().unwrap(), "--device", "cpu", "--report", csv.to_str().unwrap()]);
+    let o = h2e(&[
+        "filter",
+        id.to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--report",
+        csv.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let src = h2e::bundle::BundleSource::open(&data).unwrap();
     use h2e::data::Source;
@@ -89,14 +109,23 @@ fn train_then_eval_through_the_binary() {
     // The shipped classifier predicts every sample; its accuracy on the clean
     // test split is what the CSV says, and what eval recorded at training.
     let pred = t.path().join("p.csv");
-    let o = h2e(&["classify", id.to_str().unwrap(), data.to_str().unwrap(), "--device", "cpu", "--report", pred.to_str().unwrap()]);
+    let o = h2e(&[
+        "classify",
+        id.to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--report",
+        pred.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(&pred).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("path,given_label,predicted_label,probability,error"));
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), src.samples().len());
-    let by_path: std::collections::HashMap<&str, &h2e::data::SampleMeta> = src.samples().iter().map(|s| (s.path.as_str(), s)).collect();
+    let by_path: std::collections::HashMap<&str, &h2e::data::SampleMeta> =
+        src.samples().iter().map(|s| (s.path.as_str(), s)).collect();
     let (mut right, mut total) = (0, 0);
     for r in &rows {
         let meta = by_path[r[0]];
@@ -113,9 +142,21 @@ fn train_then_eval_through_the_binary() {
     std::fs::remove_file(&pred).unwrap();
     // Something that is not an identifier is refused with a message naming
     // it, and no report is left behind.
-    let o = h2e(&["classify", data.to_str().unwrap(), data.to_str().unwrap(), "--device", "cpu", "--report", pred.to_str().unwrap()]);
+    let o = h2e(&[
+        "classify",
+        data.to_str().unwrap(),
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--report",
+        pred.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(data.to_str().unwrap()), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(data.to_str().unwrap()),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(!pred.exists());
     std::fs::remove_file(&data).unwrap();
     // Bad input: a missing data file and an unknown device are clear errors, nothing written.
@@ -125,7 +166,11 @@ fn train_then_eval_through_the_binary() {
     let o = h2e(&["train", "--device", "tpu", "-o", t.path().join("x.zip").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let o = h2e(&["train", "--resume", "--device", "cpu", "-o", t.path().join("y.zip").to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no checkpoint folder"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no checkpoint folder"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
 }
 

@@ -162,7 +162,8 @@ fn open_bytes(bytes: Vec<u8>) -> Result<BundleSource, Error> {
 #[test]
 fn unsafe_member_names_are_refused_and_unpack_writes_nothing_outside() {
     let img = png(4, 4, 1, 0);
-    for name in ["../escape.png", "train/../../escape.png", "/etc/escape.png", "C:/escape.png", "train\\..\\escape.png"] {
+    for name in ["../escape.png", "train/../../escape.png", "/etc/escape.png", "C:/escape.png", "train\\..\\escape.png"]
+    {
         let m = manifest(&["a"], &[]);
         let z = raw_zip(&[("manifest.json", m.as_bytes()), (name, &img)]);
         let err = open_bytes(z.clone()).unwrap_err();
@@ -195,7 +196,8 @@ fn zip_bomb_member_is_refused_with_a_clear_error() {
     let t = tempfile::tempdir().unwrap();
     let p = t.path().join("bomb.zip");
     let mut w = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).large_file(true);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).large_file(true);
     w.start_file("manifest.json", opts).unwrap();
     w.write_all(manifest(&["a"], &[("train/a/bomb.png", 0)]).as_bytes()).unwrap();
     w.start_file("train/a/bomb.png", opts).unwrap();
@@ -223,7 +225,10 @@ fn manifest_problems_are_reported_naming_the_bundle() {
             "version 7 is newer",
         ),
         (
-            raw_zip(&[("manifest.json", manifest(&["a", "b"], &[("train/a/x.png", 2)]).as_bytes()), ("train/a/x.png", &img)]),
+            raw_zip(&[
+                ("manifest.json", manifest(&["a", "b"], &[("train/a/x.png", 2)]).as_bytes()),
+                ("train/a/x.png", &img),
+            ]),
             "label 2 but there are 2 classes",
         ),
         (raw_zip(&[("manifest.json", manifest(&["a"], &[("train/a/missing.png", 0)]).as_bytes())]), "no such member"),

@@ -195,7 +195,8 @@ fn irm_penalty_matches_the_numerical_derivative_of_the_scaled_loss() {
         let z: Vec<f32> = (0..n * c).map(|_| (rng.f32() - 0.5) * 6.0).collect();
         let y: Vec<usize> = (0..n).map(|_| rng.below(c)).collect();
         let zt = Tensor::<2>::from_data(TensorData::new(z.clone(), [n, c]), &device);
-        let yt = Tensor::<1, Int>::from_data(TensorData::new(y.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]), &device);
+        let yt =
+            Tensor::<1, Int>::from_data(TensorData::new(y.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]), &device);
         let got = irm_penalty(zt.clone(), yt.clone()).into_scalar::<f32>() as f64;
         let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
         let h = 1e-5;
@@ -225,7 +226,10 @@ fn irm_penalty_is_differentiable_in_the_logits() {
     // Central difference on entry 1 of the penalty computed without autodiff.
     let plain = Device::flex();
     let yp = Tensor::<1, Int>::from_data(TensorData::new(vec![2i64, 0], [2]), &plain);
-    let pen = |v: &[f32]| irm_penalty(Tensor::<2>::from_data(TensorData::new(v.to_vec(), [2, 3]), &plain), yp.clone()).into_scalar::<f32>();
+    let pen = |v: &[f32]| {
+        irm_penalty(Tensor::<2>::from_data(TensorData::new(v.to_vec(), [2, 3]), &plain), yp.clone())
+            .into_scalar::<f32>()
+    };
     let h = 1e-3;
     let (mut up, mut down) = (z.clone(), z.clone());
     up[1] += h;
@@ -319,7 +323,8 @@ fn an_interrupted_run_resumes_from_its_checkpoints_to_the_same_result() {
     let ckpt = dir.path().join("ckpt");
     let killer = KillAt("round 2/2 backbone epoch 2/3");
     let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let engine = Engine::new(Device::flex(), cfg.clone(), &set, &killer).unwrap().with_checkpoints(&ckpt, false).unwrap();
+        let engine =
+            Engine::new(Device::flex(), cfg.clone(), &set, &killer).unwrap().with_checkpoints(&ckpt, false).unwrap();
         engine.run(&set, None, "test")
     }));
     assert!(interrupted.is_err(), "the run was killed");
@@ -327,7 +332,8 @@ fn an_interrupted_run_resumes_from_its_checkpoints_to_the_same_result() {
 
     // Resuming must not redo round 1's backbone: kill it if it starts.
     let no_redo = KillAt("round 1/2 backbone epoch 1/3");
-    let engine = Engine::new(Device::flex(), cfg.clone(), &set, &no_redo).unwrap().with_checkpoints(&ckpt, true).unwrap();
+    let engine =
+        Engine::new(Device::flex(), cfg.clone(), &set, &no_redo).unwrap().with_checkpoints(&ckpt, true).unwrap();
     let resumed = engine.run(&set, None, "test").unwrap();
     for (a, b) in whole.report.rounds.iter().zip(&resumed.report.rounds) {
         assert_eq!(a.tau, b.tau, "round {}", a.round);
@@ -352,7 +358,8 @@ fn weights_written_from_a_training_module_match_its_validation_forward() {
     let mut model = Net::new(BackboneKind::SmallCnn, 1, 8, 3, &ad);
     let mut optim = SgdConfig::new().init();
     let x = Tensor::<4>::random([16, 1, 8, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &ad);
-    let y = Tensor::<1, Int>::from_data(TensorData::new((0..16).map(|i| (i % 3) as i64).collect::<Vec<_>>(), [16]), &ad);
+    let y =
+        Tensor::<1, Int>::from_data(TensorData::new((0..16).map(|i| (i % 3) as i64).collect::<Vec<_>>(), [16]), &ad);
     for _ in 0..3 {
         let loss = cross_entropy(model.forward(x.clone()), y.clone());
         let g = GradientsParams::from_grads(loss.backward(), &model);
@@ -360,13 +367,21 @@ fn weights_written_from_a_training_module_match_its_validation_forward() {
     }
     // Written straight after training, before any validation pass.
     let bytes = h2e::weights::to_safetensors(&model, None).unwrap();
-    let loaded = h2e::weights::from_safetensors(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &Device::flex()), &bytes, "w").unwrap();
-    let feats = |n: &Net| n.valid().backbone.forward(x.clone().inner()).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let loaded =
+        h2e::weights::from_safetensors(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &Device::flex()), &bytes, "w")
+            .unwrap();
+    let feats = |n: &Net| {
+        n.valid().backbone.forward(x.clone().inner()).into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    };
     assert_eq!(feats(&model), feats(&loaded));
     // A wrong architecture is an error naming the tensor.
-    let e = h2e::weights::from_safetensors(Net::new(BackboneKind::SmallCnn, 3, 8, 3, &Device::flex()), &bytes, "w.safetensors")
-        .unwrap_err()
-        .to_string();
+    let e = h2e::weights::from_safetensors(
+        Net::new(BackboneKind::SmallCnn, 3, 8, 3, &Device::flex()),
+        &bytes,
+        "w.safetensors",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("w.safetensors") && e.contains("expected F32"), "{e}");
 }
 
@@ -401,7 +416,8 @@ fn seeded_initialisation_ignores_burns_global_generator() {
         h2e::weights::to_safetensors(&net, None).unwrap()
     };
     assert_eq!(weights(1), weights(2), "same seed, same network, whatever the global state");
-    let other = h2e::weights::to_safetensors(&seeded(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &dev), 6), None).unwrap();
+    let other =
+        h2e::weights::to_safetensors(&seeded(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &dev), 6), None).unwrap();
     assert_ne!(weights(1), other);
     // Kaiming-uniform bound of the first convolution (fan-in 1 x 3 x 3).
     let net = seeded(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &dev), 5);
@@ -423,7 +439,8 @@ fn seeded_initialisation_ignores_burns_global_generator() {
 fn a_classifier_without_a_test_split_is_refused_before_training() {
     let set = synthetic(13);
     let killer = KillAt("round 1/2 backbone epoch 1/6");
-    let engine = Engine::new(Device::flex(), TrainConfig { classifier: true, ..tiny(Method::H2e) }, &set, &killer).unwrap();
+    let engine =
+        Engine::new(Device::flex(), TrainConfig { classifier: true, ..tiny(Method::H2e) }, &set, &killer).unwrap();
     let e = engine.run(&set, None, "test").unwrap_err().to_string();
     assert!(e.contains("needs a test split"), "{e}");
 }

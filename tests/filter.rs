@@ -25,7 +25,8 @@ fn identifier_bytes() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
         let set = synthetic();
-        let cfg = TrainConfig { method: Method::Ce, epochs: 2, batch_size: 16, rounds: 1, seed: 1, ..TrainConfig::default() };
+        let cfg =
+            TrainConfig { method: Method::Ce, epochs: 2, batch_size: 16, rounds: 1, seed: 1, ..TrainConfig::default() };
         let device = Device::flex();
         let trained = Engine::new(device.clone(), cfg, &set, &Silent).unwrap().run(&set, None, "test").unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -52,7 +53,9 @@ fn run(root: &Path, opts: &FilterOptions) -> h2e::Result<FilterReport> {
 }
 
 fn scored(r: &FilterRow) -> bool {
-    r.error.is_none() && CLASSES.contains(&r.predicted_label.as_str()) && r.label_score.is_some_and(|s| (0.0..=1.0).contains(&s))
+    r.error.is_none()
+        && CLASSES.contains(&r.predicted_label.as_str())
+        && r.label_score.is_some_and(|s| (0.0..=1.0).contains(&s))
 }
 
 #[test]
@@ -128,7 +131,11 @@ fn an_unlabelled_list_gives_predictions_and_no_flags() {
     let t = tempfile::tempdir().unwrap();
     folder(&t.path().join("imgs"));
     let list = t.path().join("list.csv");
-    std::fs::write(&list, "path\nimgs/top/000.png\nimgs/top/001.png\n\"imgs/middle/a,b \"\"q\"\".png\"\nimgs/bottom/002.png\n").unwrap();
+    std::fs::write(
+        &list,
+        "path\nimgs/top/000.png\nimgs/top/001.png\n\"imgs/middle/a,b \"\"q\"\".png\"\nimgs/bottom/002.png\n",
+    )
+    .unwrap();
     let opts = FilterOptions { threshold: Some(0.0), min_per_class: Some(0), ..Default::default() };
     let report = run(&list, &opts).unwrap();
     assert_eq!(report.rows.len(), 4);
@@ -172,10 +179,25 @@ fn the_binary_writes_csv_and_jsonl_that_parse_back() {
     std::fs::write(&id, identifier_bytes()).unwrap();
     let (csv, jsonl) = (t.path().join("out.csv"), t.path().join("out.jsonl"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let o = h2e(&["filter", &s(&id), &s(&data), "--device", "cpu", "--report", &s(&csv), "--jsonl", &s(&jsonl), "--batch-size", "5"]);
+    let o = h2e(&[
+        "filter",
+        &s(&id),
+        &s(&data),
+        "--device",
+        "cpu",
+        "--report",
+        &s(&csv),
+        "--jsonl",
+        &s(&jsonl),
+        "--batch-size",
+        "5",
+    ]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("{n} samples")) && stderr.contains("1 errors") && stderr.contains("images/s"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{n} samples")) && stderr.contains("1 errors") && stderr.contains("images/s"),
+        "{stderr}"
+    );
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("path,given_label,predicted_label,label_score,is_label_issue,error"));
@@ -186,7 +208,12 @@ fn the_binary_writes_csv_and_jsonl_that_parse_back() {
     let bad = rows.iter().find(|r| r[0] == "bottom/bad.png").unwrap();
     assert!(bad[5].contains("bad.png") && bad[4] == "false" && bad[3].is_empty(), "{bad:?}");
     for r in rows.iter().filter(|r| r[5].is_empty()) {
-        assert!(CLASSES.contains(&r[2].as_str()) && r[3].parse::<f32>().is_ok() && ["true", "false"].contains(&r[4].as_str()), "{r:?}");
+        assert!(
+            CLASSES.contains(&r[2].as_str())
+                && r[3].parse::<f32>().is_ok()
+                && ["true", "false"].contains(&r[4].as_str()),
+            "{r:?}"
+        );
     }
     let json: Vec<serde_json::Value> =
         std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -229,7 +256,11 @@ fn kept_and_flagged_samples_export_to_a_folder_and_a_bundle() {
     assert_eq!(bundle.samples().len(), flagged);
     for s in back.samples() {
         let class = &back.classes()[s.label];
-        let row = report.rows.iter().find(|r| r.path.ends_with(s.path.rsplit('/').next().unwrap()) && &r.given_label == class).unwrap();
+        let row = report
+            .rows
+            .iter()
+            .find(|r| r.path.ends_with(s.path.rsplit('/').next().unwrap()) && &r.given_label == class)
+            .unwrap();
         assert!(!row.is_label_issue);
     }
     // A non-empty destination folder is refused and left as it was; only the outputs were written.
@@ -242,7 +273,8 @@ fn kept_and_flagged_samples_export_to_a_folder_and_a_bundle() {
     std::fs::remove_dir(&as_zip_dir).unwrap();
     let file = data.join("top/000.png");
     assert!(h2e::filter::check_export_target(&file).unwrap_err().to_string().contains("it is a file"));
-    let mut names: Vec<_> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["clean", "data", "noisy.zip"]);
 }

@@ -35,7 +35,8 @@ fn train_identifier(path: &Path) {
             set.push(&band(rows.clone(), &mut rng), label, None, format!("{label}/{i}.png"));
         }
     }
-    let cfg = TrainConfig { method: Method::Ce, epochs: 2, batch_size: 16, rounds: 1, seed: 1, ..TrainConfig::default() };
+    let cfg =
+        TrainConfig { method: Method::Ce, epochs: 2, batch_size: 16, rounds: 1, seed: 1, ..TrainConfig::default() };
     let trained = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().run(&set, None, "test").unwrap();
     Identifier::from_trained(trained, &set, Device::flex()).unwrap().save(path).unwrap();
 }
@@ -109,7 +110,9 @@ fn every_image_is_routed_once_and_the_threshold_decides() {
     let id = Identifier::open(&id_path, Device::flex()).unwrap();
     let mut scores: Vec<(f32, &str)> = scored.iter().map(|(rel, f, l)| (noise(&id, f, *l), rel.as_str())).collect();
     scores.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let cut = (1..scores.len()).max_by(|&a, &b| (scores[a].0 - scores[a - 1].0).total_cmp(&(scores[b].0 - scores[b - 1].0))).unwrap();
+    let cut = (1..scores.len())
+        .max_by(|&a, &b| (scores[a].0 - scores[a - 1].0).total_cmp(&(scores[b].0 - scores[b - 1].0)))
+        .unwrap();
     assert!(scores[cut].0 - scores[cut - 1].0 > 1e-3, "the identifier gives all images the same score: {scores:?}");
     let threshold = (scores[cut].0 + scores[cut - 1].0) / 2.0;
 
@@ -121,7 +124,8 @@ fn every_image_is_routed_once_and_the_threshold_decides() {
         let mut quarantined = 0;
         for rel in scored.iter().map(|s| s.0.as_str()).chain(always_quarantined) {
             let sides = m.get(rel).unwrap_or_else(|| panic!("{rel} was not routed: {m:?}"));
-            let want = if always_quarantined.contains(&rel) || expect_quarantined(rel) { "quarantine" } else { "clean" };
+            let want =
+                if always_quarantined.contains(&rel) || expect_quarantined(rel) { "quarantine" } else { "clean" };
             assert_eq!(sides, &vec![want], "{rel} at threshold {threshold}");
             quarantined += (want == "quarantine") as usize;
         }
@@ -138,7 +142,8 @@ fn every_image_is_routed_once_and_the_threshold_decides() {
     // quarantine and leaves no stale clean copy.
     check(0.0, &|_| true);
     // Nothing was written outside OUT_DIR, and the inputs are untouched.
-    let mut top: Vec<String> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut top: Vec<String> =
+        std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     top.sort();
     assert_eq!(top, ["id.zip", "incoming", "out"]);
     assert_eq!(common::files_under(&incoming).len(), inputs + 1);

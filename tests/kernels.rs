@@ -92,7 +92,9 @@ fn preprocess_kernel_matches_reference_on_wgpu() {
         assert!(max_abs_diff(&via_api, &cpu) < 1e-4, "case {k}");
         if aug {
             // The augmentation is really applied (so the agreement above covers the hashed parameters).
-            let plain = kernels::preprocess_reference(&batch, &PreprocessParams { seed, ..PreprocessParams::eval(oh, ow) }).unwrap();
+            let plain =
+                kernels::preprocess_reference(&batch, &PreprocessParams { seed, ..PreprocessParams::eval(oh, ow) })
+                    .unwrap();
             assert!(max_abs_diff(&plain, &cpu) > 0.05, "case {k}: augmentation changed nothing");
         }
     }
@@ -123,8 +125,8 @@ fn random_scoring(rng: &mut Rng, n: usize, classes: usize) -> (Vec<f32>, Vec<i64
     }
     let labels = (0..n)
         .map(|i| match i % 11 {
-            5 => -1,               // unlabelled
-            9 => classes as i64,   // out of range: unlabelled too
+            5 => -1,             // unlabelled
+            9 => classes as i64, // out of range: unlabelled too
             _ => rng.below(classes) as i64,
         })
         .collect();
@@ -159,13 +161,20 @@ fn compare(got: &[SampleScore], want: &[SampleScore], logits: &[f32], tau: &[f32
         assert!(want.iter().any(|w| w.pred != w.plain_pred), "{what}: test data never separates the predictions");
     }
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g.noise_score.is_finite() && g.max_prob.is_finite() && g.prob_label.is_finite(), "{what} row {i}: {g:?}");
+        assert!(
+            g.noise_score.is_finite() && g.max_prob.is_finite() && g.prob_label.is_finite(),
+            "{what} row {i}: {g:?}"
+        );
         if !near_tie(&logits[i * c..(i + 1) * c], tau, lp) {
             assert_eq!(g.pred, w.pred, "{what} row {i}");
         }
         // The plain prediction compares raw logits only: exact everywhere.
         assert_eq!(g.plain_pred, w.plain_pred, "{what} row {i}: plain prediction");
-        for (a, b, name) in [(g.noise_score, w.noise_score, "noise"), (g.max_prob, w.max_prob, "max_prob"), (g.prob_label, w.prob_label, "prob_label")] {
+        for (a, b, name) in [
+            (g.noise_score, w.noise_score, "noise"),
+            (g.max_prob, w.max_prob, "max_prob"),
+            (g.prob_label, w.prob_label, "prob_label"),
+        ] {
             assert!((a - b).abs() < 2e-5, "{what} row {i}: {name} {a} vs {b}");
         }
         assert!((0.0..=1.0).contains(&g.noise_score));
@@ -242,7 +251,9 @@ fn fallback_paths_on_flex_match_the_references() {
         let zero = vec![0.0; classes];
         let (lt, yt) = tensors(&device, &logits, &labels, classes);
         let got = kernels::score(lt, yt, &zero, &zero).unwrap().to_samples().unwrap();
-        assert!(got.iter().all(|s| s.pred == 0 && s.plain_pred == 0 && (s.max_prob - 1.0 / classes as f32).abs() < 1e-6));
+        assert!(got
+            .iter()
+            .all(|s| s.pred == 0 && s.plain_pred == 0 && (s.max_prob - 1.0 / classes as f32).abs() < 1e-6));
     }
 }
 
@@ -257,8 +268,11 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(kernels::preprocess(&device, &b, &PreprocessParams::eval(4, 4)).is_err(), "empty batch");
     b.push(2, 2, &[1, 2, 3, 4]).unwrap();
     assert!(kernels::preprocess(&device, &b, &PreprocessParams::eval(0, 4)).is_err());
-    assert!(kernels::preprocess(&device, &b, &PreprocessParams { std: [0.0; 3], ..PreprocessParams::eval(4, 4) }).is_err());
-    assert!(kernels::preprocess(&device, &b, &PreprocessParams { brightness: 2.0, ..PreprocessParams::eval(4, 4) }).is_err());
+    assert!(
+        kernels::preprocess(&device, &b, &PreprocessParams { std: [0.0; 3], ..PreprocessParams::eval(4, 4) }).is_err()
+    );
+    assert!(kernels::preprocess(&device, &b, &PreprocessParams { brightness: 2.0, ..PreprocessParams::eval(4, 4) })
+        .is_err());
     let (lt, yt) = tensors(&device, &[0.0; 6], &[0, 1], 3);
     assert!(kernels::score(lt.clone(), yt.clone(), &[1.0; 2], &[0.0; 3]).is_err());
     let (_, y3) = tensors(&device, &[0.0; 9], &[0, 1, 2], 3);
@@ -363,7 +377,8 @@ fn explicit_parameters_follow_the_engine_convention() {
     let pixels: Vec<u8> = (0..n * c * h * w).map(|_| rng.below(256) as u8).collect();
     let batch = PackedBatch::uniform(c, h, w, pixels.clone()).unwrap();
     let augs = engine_like_augs(&mut rng, n, 2, 0.3);
-    let params = PreprocessParams { mean: [0.4, 0.5, 0.6], std: [0.2, 0.3, 0.25], ..PreprocessParams::eval(h as u32, w as u32) };
+    let params =
+        PreprocessParams { mean: [0.4, 0.5, 0.6], std: [0.2, 0.3, 0.25], ..PreprocessParams::eval(h as u32, w as u32) };
     let out = kernels::preprocess_reference_with(&batch, &params, Some(&augs)).unwrap();
     for (s, a) in augs.iter().enumerate() {
         for ch in 0..c {

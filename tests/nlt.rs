@@ -30,7 +30,19 @@ fn fashion_uniform_benchmark_matches_the_spec_and_is_reproducible() {
     let x = t.path().join("x.zip");
     let y = t.path().join("y.zip");
     let xs = x.to_str().unwrap();
-    let args = ["make-nlt", "--source", "fashion-mnist", "--kind", "uniform", "--imbalance", "100", "--noise", "0.3", "--seed", "0"];
+    let args = [
+        "make-nlt",
+        "--source",
+        "fashion-mnist",
+        "--kind",
+        "uniform",
+        "--imbalance",
+        "100",
+        "--noise",
+        "0.3",
+        "--seed",
+        "0",
+    ];
     ok(&[&args[..], &["-o", xs]].concat());
     ok(&[&args[..], &["-o", y.to_str().unwrap()]].concat());
     assert_eq!(std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap(), "two runs give identical bytes");
@@ -91,7 +103,21 @@ fn noise_kinds_on_a_folder_source() {
     let src = data.to_str().unwrap();
     let run = |kind: &str, extra: &[&str]| {
         let out = t.path().join(format!("{kind}.zip"));
-        let base = ["make-nlt", "--source", src, "--kind", kind, "--imbalance", "8", "--noise", "0.25", "--seed", "3", "--n-max", "40"];
+        let base = [
+            "make-nlt",
+            "--source",
+            src,
+            "--kind",
+            kind,
+            "--imbalance",
+            "8",
+            "--noise",
+            "0.25",
+            "--seed",
+            "3",
+            "--n-max",
+            "40",
+        ];
         ok(&[&base[..], extra, &["-o", out.to_str().unwrap()]].concat());
         out
     };

@@ -5,20 +5,20 @@
 mod common;
 
 use burn::tensor::Device;
-use h2e::report::read_report;
 use h2e::identifier::Identifier;
 use h2e::progress::Silent;
+use h2e::report::read_report;
 use h2e::train::{Engine, Method, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-
 /// A quickly trained identifier for 8x8 images with a bright band at the
 /// top, middle or bottom, saved at `path`.
 fn train_identifier(path: &Path) {
     let set = common::bands(5, 16);
-    let cfg = TrainConfig { method: Method::Ce, epochs: 2, batch_size: 16, rounds: 1, seed: 1, ..TrainConfig::default() };
+    let cfg =
+        TrainConfig { method: Method::Ce, epochs: 2, batch_size: 16, rounds: 1, seed: 1, ..TrainConfig::default() };
     let trained = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().run(&set, None, "test").unwrap();
     Identifier::from_trained(trained, &set, Device::flex()).unwrap().save(path).unwrap();
 }
@@ -51,7 +51,19 @@ fn merged_shard_reports_equal_the_unsharded_report() {
     // Per-sample flags (argmax rule, no caps); batches of one so every
     // sample is scored by the same computation in every run.
     let run = |out: &Path, shard: &str| {
-        let base = ["filter", s(&id), s(&data), "--device", "cpu", "--operating-point", "argmax", "--min-per-class", "0", "--batch-size", "1"];
+        let base = [
+            "filter",
+            s(&id),
+            s(&data),
+            "--device",
+            "cpu",
+            "--operating-point",
+            "argmax",
+            "--min-per-class",
+            "0",
+            "--batch-size",
+            "1",
+        ];
         h2e(&[&base[..], &["--shard", shard, "--report", s(out)]].concat());
     };
     let whole = t.path().join("whole.csv");
@@ -83,8 +95,21 @@ fn merged_shard_reports_equal_the_unsharded_report() {
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && e.contains(what), "{e}");
     };
-    fails(Command::new(env!("CARGO_BIN_EXE_h2e")).args(["merge", s(&shards[2]), s(&shards[0]), s(&shards[1]), "-o", s(&merged)]), "shard order");
-    fails(Command::new(env!("CARGO_BIN_EXE_h2e")).args(["merge", s(&shards[0]), s(&shards[0]), "-o", s(&merged)]), "twice");
+    fails(
+        Command::new(env!("CARGO_BIN_EXE_h2e")).args([
+            "merge",
+            s(&shards[2]),
+            s(&shards[0]),
+            s(&shards[1]),
+            "-o",
+            s(&merged),
+        ]),
+        "shard order",
+    );
+    fails(
+        Command::new(env!("CARGO_BIN_EXE_h2e")).args(["merge", s(&shards[0]), s(&shards[0]), "-o", s(&merged)]),
+        "twice",
+    );
     fails(Command::new(env!("CARGO_BIN_EXE_h2e")).args(["merge", s(&id), "-o", s(&merged)]), "cannot read report");
     assert_eq!(std::fs::read_to_string(&merged).unwrap(), expected, "a failed merge leaves the output alone");
 }
@@ -127,7 +152,9 @@ fn chromium(page: &Path, profile: &Path, extra: &[&str]) -> Output {
 
 /// Decodes standard base64 (what the page embeds).
 fn unbase64(s: &str) -> Vec<u8> {
-    let val = |c: u8| "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".bytes().position(|a| a == c).unwrap() as u32;
+    let val = |c: u8| {
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".bytes().position(|a| a == c).unwrap() as u32
+    };
     let mut out = Vec::new();
     for chunk in s.as_bytes().chunks(4) {
         let data: Vec<u32> = chunk.iter().filter(|&&c| c != b'=').map(|&c| val(c)).collect();
@@ -146,8 +173,21 @@ fn the_html_report_is_self_contained_and_renders() {
     common::folder(&data, &[("<i>x&y", 2)]); // a class the identifier does not know, with markup in its name
     let (html, jsonl) = (t.path().join("report.html"), t.path().join("report.jsonl"));
     let o = h2e(&[
-        "filter", s(&id), s(&data), "--device", "cpu", "--threshold", "0.5", "--min-per-class", "0", "--unknown-class", "skip",
-        "--jsonl", s(&jsonl), "--html", s(&html),
+        "filter",
+        s(&id),
+        s(&data),
+        "--device",
+        "cpu",
+        "--threshold",
+        "0.5",
+        "--min-per-class",
+        "0",
+        "--unknown-class",
+        "skip",
+        "--jsonl",
+        s(&jsonl),
+        "--html",
+        s(&html),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("wrote {}", html.display())));
     let page = std::fs::read_to_string(&html).unwrap();
@@ -186,7 +226,10 @@ fn the_html_report_is_self_contained_and_renders() {
     let dom = chromium(&html, profile.path(), &["--dump-dom"]);
     let (dom_out, dom_err) = (String::from_utf8_lossy(&dom.stdout), String::from_utf8_lossy(&dom.stderr));
     assert!(dom.status.success(), "{dom_err}");
-    assert!(dom_out.contains(&format!("data-thumbs=\"{scored}\"")) && dom_out.contains(&format!("{scored} thumbnails")), "{dom_out}");
+    assert!(
+        dom_out.contains(&format!("data-thumbs=\"{scored}\"")) && dom_out.contains(&format!("{scored} thumbnails")),
+        "{dom_out}"
+    );
     let shot = t.path().join("shot.png");
     let o = chromium(&html, profile.path(), &[&format!("--screenshot={}", shot.display())]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -209,7 +252,9 @@ fn the_html_report_is_self_contained_and_renders() {
     // much as its legend swatch (12x12) plus a bar where there are such samples.
     let near = |c: [u8; 3]| img.pixels().filter(|p| p.0.iter().zip(c).all(|(&a, b)| a.abs_diff(b) <= 6)).count();
     let kept = report.rows.iter().filter(|r| r.error.is_none() && !r.is_label_issue).count();
-    for (colour, count, what) in [([0x8f, 0xbf, 0x94], kept, "kept"), ([0xd9, 0x53, 0x4f], report.flagged(), "flagged"), ([0xaa; 3], 3, "error")] {
+    for (colour, count, what) in
+        [([0x8f, 0xbf, 0x94], kept, "kept"), ([0xd9, 0x53, 0x4f], report.flagged(), "flagged"), ([0xaa; 3], 3, "error")]
+    {
         let want = if count > 0 { 1000 } else { 100 };
         assert!(near(colour) > want, "{what}: {} pixels of its colour, {count} such samples", near(colour));
     }

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 fn validate(name: &str, source: &str) -> naga::valid::ModuleInfo {
-    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let module =
+        naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
@@ -69,6 +70,7 @@ fn a_broken_shader_is_rejected() {
     // The checks above would catch a real mistake: a binding written as f32 into a read-only buffer.
     let bad = h2e::kernels::SCORE_WGSL.replace("var<storage, read_write> scores", "var<storage, read> scores");
     let module = naga::front::wgsl::parse_str(&bad).expect("still parses");
-    let res = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default()).validate(&module);
+    let res = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
+        .validate(&module);
     assert!(res.is_err(), "storing into a read-only buffer must fail validation");
 }

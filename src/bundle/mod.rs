@@ -18,6 +18,6 @@ mod writer;
 
 pub use manifest::{Manifest, ManifestSample, FORMAT, VERSION};
 pub use ops::{inspect, unpack, verify, ClassStats, InspectReport, SplitStats, VerifyReport};
-pub use reader::{BundleSource, MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES};
 pub(crate) use reader::SafeZip;
+pub use reader::{BundleSource, MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES};
 pub use writer::{pack, BundleWriter, PackOptions, PackSummary};

@@ -122,8 +122,7 @@ pub fn unpack(path: &Path, out: &Path) -> Result<usize> {
     // Validates the manifest and member names before anything is written.
     drop(BundleSource::open(path)?);
     if out.exists() {
-        let empty = out.is_dir()
-            && std::fs::read_dir(out).map_err(|e| Error::io("reading", out, e))?.next().is_none();
+        let empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| Error::io("reading", out, e))?.next().is_none();
         if !empty {
             return Err(Error::io(
                 "unpacking into",

@@ -36,7 +36,13 @@ impl BundleWriter {
             return Err(Error::Argument("a bundle needs at least one class".into()));
         }
         let file = AtomicFile::create(out)?;
-        Ok(BundleWriter { zip: ZipWriter::new(file), dest: out.to_path_buf(), classes, samples: Vec::new(), names: HashSet::new() })
+        Ok(BundleWriter {
+            zip: ZipWriter::new(file),
+            dest: out.to_path_buf(),
+            classes,
+            samples: Vec::new(),
+            names: HashSet::new(),
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> Error {
@@ -84,12 +90,18 @@ impl BundleWriter {
 
     /// Writes the manifest and renames the bundle into place.
     pub fn finish(mut self, provenance: Option<serde_json::Value>) -> Result<Manifest> {
-        let manifest =
-            Manifest { format: FORMAT.into(), version: VERSION, classes: self.classes.clone(), samples: std::mem::take(&mut self.samples), provenance };
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            classes: self.classes.clone(),
+            samples: std::mem::take(&mut self.samples),
+            provenance,
+        };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         self.zip.start_file("manifest.json", options(CompressionMethod::Deflated)).map_err(|e| self.err(e))?;
         self.zip.write_all(&json).map_err(|e| self.err(e))?;
-        let file = self.zip.finish().map_err(|e| Error::io("writing", &self.dest, std::io::Error::other(e.to_string())))?;
+        let file =
+            self.zip.finish().map_err(|e| Error::io("writing", &self.dest, std::io::Error::other(e.to_string())))?;
         file.commit()?;
         Ok(manifest)
     }

@@ -153,7 +153,8 @@ fn quality(a: QualityArgs) -> Result<i32> {
     )?;
     let json = serde_json::json!({"config": cfg, "device": selected.description, "quick": a.quick, "rows": rows});
     let json_path = a.output.join("results.json");
-    h2e::fsutil::write_atomic(&json_path, &serde_json::to_vec_pretty(&json)?).with_context(|| format!("writing {}", json_path.display()))?;
+    h2e::fsutil::write_atomic(&json_path, &serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
     let md = table(&rows);
     let md_path = a.output.join("results.md");
     h2e::fsutil::write_atomic(&md_path, md.as_bytes()).with_context(|| format!("writing {}", md_path.display()))?;

@@ -86,7 +86,10 @@ pub fn bundle(cmd: BundleCmd) -> Result<i32> {
     match cmd {
         BundleCmd::Pack { dir, output, skip_bad } => {
             let src = open(&dir)?;
-            let opts = PackOptions { skip_bad, provenance: Some(serde_json::json!({"packed_from": dir.display().to_string()})) };
+            let opts = PackOptions {
+                skip_bad,
+                provenance: Some(serde_json::json!({"packed_from": dir.display().to_string()})),
+            };
             let summary = bundle::pack(src.as_ref(), &output, &opts, &mut progress.counter("pack"))
                 .with_context(|| format!("packing {} into {}", dir.display(), output.display()))?;
             for s in &summary.skipped {
@@ -107,7 +110,13 @@ pub fn bundle(cmd: BundleCmd) -> Result<i32> {
                     println!("{split}: {} samples", stats.total);
                     for c in &stats.per_class {
                         match c.noisy {
-                            Some(k) => println!("  {:<20} {:>7}  noisy {:>6} ({:.1}%)", c.class, c.count, k, 100.0 * k as f64 / c.count.max(1) as f64),
+                            Some(k) => println!(
+                                "  {:<20} {:>7}  noisy {:>6} ({:.1}%)",
+                                c.class,
+                                c.count,
+                                k,
+                                100.0 * k as f64 / c.count.max(1) as f64
+                            ),
                             None => println!("  {:<20} {:>7}", c.class, c.count),
                         }
                     }

@@ -68,7 +68,11 @@ fn create(path: &Path) -> Result<AtomicFile> {
     AtomicFile::create(path).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn save(mut file: AtomicFile, report: &FilterReport, write: fn(&FilterReport, &mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+fn save(
+    mut file: AtomicFile,
+    report: &FilterReport,
+    write: fn(&FilterReport, &mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let dest = file.dest().to_path_buf();
     write(report, &mut file).with_context(|| format!("writing {}", dest.display()))?;
     file.commit().with_context(|| format!("writing {}", dest.display()))?;
@@ -122,7 +126,8 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     }
     for (out, flagged) in [(&a.clean_out, false), (&a.noisy_out, true)] {
         if let Some(out) = out {
-            let n = h2e::filter::export(&report, src.as_ref(), flagged, out).with_context(|| format!("writing {}", out.display()))?;
+            let n = h2e::filter::export(&report, src.as_ref(), flagged, out)
+                .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {} ({n} {} images)", out.display(), if flagged { "flagged" } else { "kept" });
         }
     }
@@ -138,7 +143,13 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
         n as f64 / report.seconds.max(1e-9)
     );
     for (split, m) in evaluate(&report, src.as_ref())? {
-        eprintln!("ground truth ({}: {} samples, {} noisy): {}", split.as_str(), m.samples, m.noisy, super::term::detection_line(&m));
+        eprintln!(
+            "ground truth ({}: {} samples, {} noisy): {}",
+            split.as_str(),
+            m.samples,
+            m.noisy,
+            super::term::detection_line(&m)
+        );
     }
     Ok(0)
 }

@@ -97,13 +97,21 @@ pub struct EvalArgs {
 
 fn open_data(data: Option<&Path>) -> Result<(Box<dyn Source>, String)> {
     match data {
-        Some(p) => Ok((open_source(p).with_context(|| format!("cannot open data source {}", p.display()))?, p.display().to_string())),
+        Some(p) => Ok((
+            open_source(p).with_context(|| format!("cannot open data source {}", p.display()))?,
+            p.display().to_string(),
+        )),
         None => Ok((Box::new(h2e::embedded::default_source()?), h2e::embedded::DEFAULT_NAME.to_string())),
     }
 }
 
 /// Decodes the train (and test) split at the model's input size.
-fn load(src: &dyn Source, name: &str, input_size: Option<usize>, progress: &TermProgress) -> Result<(TensorSet, Option<TensorSet>)> {
+fn load(
+    src: &dyn Source,
+    name: &str,
+    input_size: Option<usize>,
+    progress: &TermProgress,
+) -> Result<(TensorSet, Option<TensorSet>)> {
     let mut train_bar = progress.counter("loading train split");
     let mut test_bar = progress.counter("loading test split");
     load_train_test(src, input_size, &mut |split, done, total| match split {
@@ -157,7 +165,11 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     ckpt.push(".ckpt");
     let ckpt = PathBuf::from(ckpt);
     if a.resume && !ckpt.is_dir() {
-        bail!("--resume: no checkpoint folder {} (was the run started with -o {}?)", ckpt.display(), a.output.display());
+        bail!(
+            "--resume: no checkpoint folder {} (was the run started with -o {}?)",
+            ckpt.display(),
+            a.output.display()
+        );
     }
     let engine = Engine::new(selected.device.clone(), cfg, &train, &progress)?
         .with_checkpoints(&ckpt, a.resume)
@@ -190,7 +202,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
 }
 
 pub fn eval(a: EvalArgs) -> Result<i32> {
-    let report = Identifier::read_report(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
+    let report =
+        Identifier::read_report(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
     let rounds: Vec<serde_json::Value> = report
         .rounds
         .iter()
@@ -217,7 +230,13 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(0);
     }
-    println!("{}: method {}, {} training samples, trained on {}", a.identifier.display(), report.method.as_str(), report.samples, report.backend);
+    println!(
+        "{}: method {}, {} training samples, trained on {}",
+        a.identifier.display(),
+        report.method.as_str(),
+        report.samples,
+        report.backend
+    );
     for r in &report.rounds {
         match &r.metrics {
             Some(m) => println!(

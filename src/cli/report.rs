@@ -83,7 +83,12 @@ pub fn merge(a: MergeArgs) -> Result<i32> {
     let shards = a
         .shards
         .iter()
-        .map(|p| Ok((p.display().to_string(), read_report(p).with_context(|| format!("cannot read report {}", p.display()))?)))
+        .map(|p| {
+            Ok((
+                p.display().to_string(),
+                read_report(p).with_context(|| format!("cannot read report {}", p.display()))?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let n = shards.len();
     let merged = merge_shards(shards).context("merging shard reports")?;
@@ -94,6 +99,11 @@ pub fn merge(a: MergeArgs) -> Result<i32> {
     }
     .context("formatting the merged report")?;
     finish(out, &bytes)?;
-    eprintln!("merge: {n} shards, {} samples, {} flagged, {} errors", merged.rows.len(), merged.flagged(), merged.errors());
+    eprintln!(
+        "merge: {n} shards, {} samples, {} flagged, {} errors",
+        merged.rows.len(),
+        merged.flagged(),
+        merged.errors()
+    );
     Ok(0)
 }

@@ -81,7 +81,13 @@ impl Progress for TermProgress {
                     b.set_prefix(stage.to_string());
                     b
                 });
-                *guard = Some(Stage { name: stage.to_string(), total, bar, started: Instant::now(), last_line: Instant::now() });
+                *guard = Some(Stage {
+                    name: stage.to_string(),
+                    total,
+                    bar,
+                    started: Instant::now(),
+                    last_line: Instant::now(),
+                });
             }
             Event::Advance { done, message } => {
                 if let Some(s) = guard.as_mut() {

@@ -64,7 +64,8 @@ pub(crate) fn parse_idx(bytes: &[u8], name: &str) -> Result<(Vec<usize>, Vec<u8>
     }
     let dims: Vec<usize> =
         (0..ndim).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let total = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("dimensions overflow".into()))?;
+    let total =
+        dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("dimensions overflow".into()))?;
     if bytes.len() - header != total {
         return Err(bad(format!("expected {total} data bytes for dims {dims:?}, found {}", bytes.len() - header)));
     }
@@ -111,14 +112,21 @@ impl IdxSource {
                 (find(dir, &format!("{prefix}-images-idx3-ubyte")), find(dir, &format!("{prefix}-labels-idx1-ubyte")))
             else {
                 if split == Split::Train {
-                    return Err(Error::dataset(&location, "missing train-images-idx3-ubyte[.gz] or train-labels-idx1-ubyte[.gz]"));
+                    return Err(Error::dataset(
+                        &location,
+                        "missing train-images-idx3-ubyte[.gz] or train-labels-idx1-ubyte[.gz]",
+                    ));
                 }
                 continue;
             };
             let (idims, idata) = parse_idx(&read_maybe_gz(&ip)?, &ip.display().to_string())?;
             let (ldims, ldata) = parse_idx(&read_maybe_gz(&lp)?, &lp.display().to_string())?;
             if idims.len() != 3 || ldims.len() != 1 || idims[0] != ldims[0] {
-                return Err(Error::invalid(&location, "IDX files", format!("images {idims:?} and labels {ldims:?} do not match")));
+                return Err(Error::invalid(
+                    &location,
+                    "IDX files",
+                    format!("images {idims:?} and labels {ldims:?} do not match"),
+                ));
             }
             let s = (idims[1], idims[2]);
             if *shape.get_or_insert(s) != s {
@@ -126,7 +134,12 @@ impl IdxSource {
             }
             for (i, &l) in ldata.iter().enumerate() {
                 max_label = max_label.max(l as usize);
-                samples.push(SampleMeta { path: format!("{prefix}-{i:05}.png"), label: l as usize, split, true_label: None });
+                samples.push(SampleMeta {
+                    path: format!("{prefix}-{i:05}.png"),
+                    label: l as usize,
+                    split,
+                    true_label: None,
+                });
             }
             pixels.extend_from_slice(&idata);
         }
@@ -136,7 +149,11 @@ impl IdxSource {
             let text = std::fs::read_to_string(&names_file).map_err(|e| Error::io("reading", &names_file, e))?;
             let c: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
             if c.len() <= max_label {
-                return Err(Error::invalid(names_file.display().to_string(), "classes.txt", format!("{} names but labels go up to {max_label}", c.len())));
+                return Err(Error::invalid(
+                    names_file.display().to_string(),
+                    "classes.txt",
+                    format!("{} names but labels go up to {max_label}", c.len()),
+                ));
             }
             c
         } else {
@@ -148,7 +165,12 @@ impl IdxSource {
     /// The image of sample `index` without PNG round trip.
     pub fn image(&self, index: usize) -> Image {
         let n = self.rows * self.cols;
-        Image { width: self.cols as u32, height: self.rows as u32, channels: 1, pixels: self.pixels[index * n..(index + 1) * n].to_vec() }
+        Image {
+            width: self.cols as u32,
+            height: self.rows as u32,
+            channels: 1,
+            pixels: self.pixels[index * n..(index + 1) * n].to_vec(),
+        }
     }
 }
 

@@ -29,7 +29,9 @@ pub fn decode_image(bytes: &[u8], name: &str, limits: &DecodeLimits) -> Result<I
     if width as u64 * height as u64 > limits.max_pixels {
         return Err(Error::TooManyPixels { path: name.to_string(), width, height, limit: limits.max_pixels });
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| decode_err(image::ImageError::IoError(e)))?;
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| decode_err(image::ImageError::IoError(e)))?;
     let mut l = image::Limits::default();
     l.max_alloc = Some(limits.max_pixels.saturating_mul(16));
     reader.limits(l);

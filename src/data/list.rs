@@ -63,7 +63,10 @@ impl ListSource {
                     continue;
                 }
                 let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
-                let p = v.get("path").and_then(|p| p.as_str()).ok_or_else(|| bad(i + 1, "missing string \"path\"".into()))?;
+                let p = v
+                    .get("path")
+                    .and_then(|p| p.as_str())
+                    .ok_or_else(|| bad(i + 1, "missing string \"path\"".into()))?;
                 let label = match v.get("label") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -74,13 +77,19 @@ impl ListSource {
             }
         } else {
             let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-            let (_, header) = lines.next().ok_or_else(|| bad(1, "empty file (expected a header with a `path` column)".into()))?;
+            let (_, header) =
+                lines.next().ok_or_else(|| bad(1, "empty file (expected a header with a `path` column)".into()))?;
             let header = csv_fields(header.trim_end_matches('\r')).map_err(|e| bad(1, e))?;
-            let pcol = header.iter().position(|h| h == "path").ok_or_else(|| bad(1, "no `path` column in the header".into()))?;
+            let pcol = header
+                .iter()
+                .position(|h| h == "path")
+                .ok_or_else(|| bad(1, "no `path` column in the header".into()))?;
             let lcol = header.iter().position(|h| h == "label" || h == "given_label");
             for (i, line) in lines {
                 let f = csv_fields(line.trim_end_matches('\r')).map_err(|e| bad(i + 1, e))?;
-                let p = f.get(pcol).ok_or_else(|| bad(i + 1, format!("{} fields, header has {}", f.len(), header.len())))?;
+                let p = f
+                    .get(pcol)
+                    .ok_or_else(|| bad(i + 1, format!("{} fields, header has {}", f.len(), header.len())))?;
                 let label = lcol.and_then(|c| f.get(c)).filter(|l| !l.is_empty()).cloned();
                 rows.push((p.clone(), label));
             }
@@ -90,7 +99,10 @@ impl ListSource {
         }
         let with = rows.iter().filter(|r| r.1.is_some()).count();
         if with != 0 && with != rows.len() {
-            return Err(Error::dataset(&location, format!("{with} of {} rows have a label; label all rows or none", rows.len())));
+            return Err(Error::dataset(
+                &location,
+                format!("{with} of {} rows have a label; label all rows or none", rows.len()),
+            ));
         }
         let labelled = with != 0;
         let mut classes: Vec<String> = rows.iter().filter_map(|r| r.1.clone()).collect();

@@ -93,7 +93,16 @@ impl TensorSet {
 
     /// An empty set of the given shape.
     pub fn empty(classes: Vec<String>, channels: usize, height: usize, width: usize) -> TensorSet {
-        TensorSet { classes, channels, height, width, pixels: Vec::new(), labels: Vec::new(), true_labels: Some(Vec::new()), paths: Vec::new() }
+        TensorSet {
+            classes,
+            channels,
+            height,
+            width,
+            pixels: Vec::new(),
+            labels: Vec::new(),
+            true_labels: Some(Vec::new()),
+            paths: Vec::new(),
+        }
     }
 }
 

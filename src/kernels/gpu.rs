@@ -132,7 +132,14 @@ pub fn wgsl_launches() -> u64 {
 }
 
 /// Launches `kernel` and reports whether the device accepted it.
-fn launch<K: KernelSource>(client: &Client, kernel: K, wg: u32, count: CubeCount, buffers: Vec<Handle>, outputs: &[&Handle]) -> bool {
+fn launch<K: KernelSource>(
+    client: &Client,
+    kernel: K,
+    wg: u32,
+    count: CubeCount,
+    buffers: Vec<Handle>,
+    outputs: &[&Handle],
+) -> bool {
     let bindings = buffers.into_iter().map(|h| h.binding()).collect();
     client.launch(
         Box::new(SourceKernel::new(kernel, CubeDim::new_1d(wg))),
@@ -233,7 +240,12 @@ pub fn preprocess_with(
 /// Runs `shaders/score.wgsl` on the logits' device and returns its outputs,
 /// or `None` when that is not a wgpu device or the device refused the
 /// kernel. Autodiff inputs are scored as constants.
-pub fn score(logits: &Tensor<2>, labels: &Tensor<1, Int>, tau: &[f32], log_prior: &[f32]) -> Result<Option<ScoreOutput>> {
+pub fn score(
+    logits: &Tensor<2>,
+    labels: &Tensor<1, Int>,
+    tau: &[f32],
+    log_prior: &[f32],
+) -> Result<Option<ScoreOutput>> {
     let [n, classes] = logits.dims();
     check_shapes(n, classes, labels.dims()[0], tau, log_prior)?;
     let plain = |d: Device| d.without_autodiff();
@@ -272,5 +284,11 @@ pub fn score(logits: &Tensor<2>, labels: &Tensor<1, Int>, tau: &[f32], log_prior
     let pred_row = |i: usize| preds.clone().slice([i..i + 1, 0..n]).reshape([n]);
     let scores = float_tensor::<2>(scores);
     let row = |i: usize| scores.clone().slice([i..i + 1, 0..n]).reshape([n]);
-    Ok(Some(ScoreOutput { noise_score: row(0), max_prob: row(1), prob_label: row(2), pred: pred_row(0), plain_pred: pred_row(1) }))
+    Ok(Some(ScoreOutput {
+        noise_score: row(0),
+        max_prob: row(1),
+        prob_label: row(2),
+        pred: pred_row(0),
+        plain_pred: pred_row(1),
+    }))
 }

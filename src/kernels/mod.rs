@@ -19,12 +19,13 @@ mod preprocess;
 mod score;
 
 pub use gpu::{
-    preprocess as preprocess_wgsl, preprocess_with as preprocess_wgsl_with, runs_wgsl, score as score_wgsl, wgsl_launches,
+    preprocess as preprocess_wgsl, preprocess_with as preprocess_wgsl_with, runs_wgsl, score as score_wgsl,
+    wgsl_launches,
 };
 pub use hash::SampleAug;
 pub use preprocess::{
-    preprocess, preprocess_cpu, preprocess_reference, preprocess_reference_with, preprocess_with, PackedBatch, PreprocessParams,
-    SampleRegion,
+    preprocess, preprocess_cpu, preprocess_reference, preprocess_reference_with, preprocess_with, PackedBatch,
+    PreprocessParams, SampleRegion,
 };
 pub use score::{score, score_tensor_ops, ScoreOutput};
 

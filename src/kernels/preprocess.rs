@@ -69,7 +69,13 @@ impl PackedBatch {
 
     /// The samples `indices` of a contiguous set of `height x width` images
     /// (`pixels`, HWC, sample after sample), gathered into one batch.
-    pub fn gather(channels: usize, height: usize, width: usize, pixels: &[u8], indices: &[usize]) -> Result<PackedBatch> {
+    pub fn gather(
+        channels: usize,
+        height: usize,
+        width: usize,
+        pixels: &[u8],
+        indices: &[usize],
+    ) -> Result<PackedBatch> {
         let size = height * width * channels;
         let mut data = Vec::with_capacity(indices.len() * size);
         for &i in indices {
@@ -258,8 +264,15 @@ pub(crate) fn checked(batch: &PackedBatch, params: &PreprocessParams, augs: Opti
                 batch.len()
             )));
         }
-        if augs.iter().any(|a| !a.gain.is_finite() || !a.offset.is_finite() || a.dx.unsigned_abs() > 1 << 20 || a.dy.unsigned_abs() > 1 << 20) {
-            return Err(Error::Argument("preprocess: a per-sample augmentation has a non-finite tone or a huge shift".into()));
+        if augs.iter().any(|a| {
+            !a.gain.is_finite()
+                || !a.offset.is_finite()
+                || a.dx.unsigned_abs() > 1 << 20
+                || a.dy.unsigned_abs() > 1 << 20
+        }) {
+            return Err(Error::Argument(
+                "preprocess: a per-sample augmentation has a non-finite tone or a huge shift".into(),
+            ));
         }
     }
     batch.validate()?;
@@ -282,7 +295,11 @@ pub fn preprocess_reference(batch: &PackedBatch, params: &PreprocessParams) -> R
 /// [`preprocess_reference`] with the per-sample parameters given
 /// (`augs[i]` for sample `i`) instead of hashed from `params.seed`;
 /// `params`' pad, flip, brightness, contrast and seed are then unused.
-pub fn preprocess_reference_with(batch: &PackedBatch, params: &PreprocessParams, augs: Option<&[SampleAug]>) -> Result<Vec<f32>> {
+pub fn preprocess_reference_with(
+    batch: &PackedBatch,
+    params: &PreprocessParams,
+    augs: Option<&[SampleAug]>,
+) -> Result<Vec<f32>> {
     checked(batch, params, augs)?;
     let ch = batch.channels;
     let (oh, ow) = (params.height as usize, params.width as usize);
@@ -349,7 +366,12 @@ pub fn preprocess(device: &Device, batch: &PackedBatch, params: &PreprocessParam
 /// [`preprocess`] with the per-sample parameters given (`augs[i]` for
 /// sample `i`, e.g. drawn by the training engine's own seeded policy)
 /// instead of hashed from `params.seed`.
-pub fn preprocess_with(device: &Device, batch: &PackedBatch, params: &PreprocessParams, augs: Option<&[SampleAug]>) -> Result<Tensor<4>> {
+pub fn preprocess_with(
+    device: &Device,
+    batch: &PackedBatch,
+    params: &PreprocessParams,
+    augs: Option<&[SampleAug]>,
+) -> Result<Tensor<4>> {
     if let Some(t) = super::gpu::preprocess_with(device, batch, params, augs)? {
         return Ok(t);
     }
@@ -358,7 +380,12 @@ pub fn preprocess_with(device: &Device, batch: &PackedBatch, params: &Preprocess
 
 /// [`preprocess_reference_with`] uploaded as a tensor: the path every
 /// non-wgpu device takes.
-pub fn preprocess_cpu(device: &Device, batch: &PackedBatch, params: &PreprocessParams, augs: Option<&[SampleAug]>) -> Result<Tensor<4>> {
+pub fn preprocess_cpu(
+    device: &Device,
+    batch: &PackedBatch,
+    params: &PreprocessParams,
+    augs: Option<&[SampleAug]>,
+) -> Result<Tensor<4>> {
     let values = preprocess_reference_with(batch, params, augs)?;
     let shape = [batch.len(), batch.channels, params.height as usize, params.width as usize];
     Ok(Tensor::from_data(TensorData::new(values, shape), device))

@@ -37,7 +37,13 @@ impl ScoreOutput {
         let maxp = read(&self.max_prob, "max probabilities")?;
         let pl = read(&self.prob_label, "label probabilities")?;
         Ok((0..pred.len())
-            .map(|i| SampleScore { pred: pred[i] as usize, plain_pred: plain[i] as usize, noise_score: noise[i], max_prob: maxp[i], prob_label: pl[i] })
+            .map(|i| SampleScore {
+                pred: pred[i] as usize,
+                plain_pred: plain[i] as usize,
+                noise_score: noise[i],
+                max_prob: maxp[i],
+                prob_label: pl[i],
+            })
             .collect())
     }
 }
@@ -75,7 +81,12 @@ pub fn score(logits: Tensor<2>, labels: Tensor<1, Int>, tau: &[f32], log_prior: 
 
 /// The tensor-op implementation used on non-wgpu devices (no CPU round
 /// trip on CUDA either).
-pub fn score_tensor_ops(logits: Tensor<2>, labels: Tensor<1, Int>, tau: &[f32], log_prior: &[f32]) -> Result<ScoreOutput> {
+pub fn score_tensor_ops(
+    logits: Tensor<2>,
+    labels: Tensor<1, Int>,
+    tau: &[f32],
+    log_prior: &[f32],
+) -> Result<ScoreOutput> {
     let [n, classes] = logits.dims();
     check_shapes(n, classes, labels.dims()[0], tau, log_prior)?;
     let device = logits.device();
@@ -84,7 +95,9 @@ pub fn score_tensor_ops(logits: Tensor<2>, labels: Tensor<1, Int>, tau: &[f32], 
     let shift = Tensor::<1>::from_data(TensorData::new(shift, [classes]), &device);
     let idx = Tensor::<1, Int>::arange(0..classes as i64, &device).unsqueeze_dim::<2>(0).expand([n, classes]);
     // Lowest index among the maxima of each row.
-    let first_max = |t: Tensor<2>, m: Tensor<2>| idx.clone().mask_fill(t.greater_equal(m).bool_not(), classes as i64).min_dim(1).squeeze_dim::<1>(1);
+    let first_max = |t: Tensor<2>, m: Tensor<2>| {
+        idx.clone().mask_fill(t.greater_equal(m).bool_not(), classes as i64).min_dim(1).squeeze_dim::<1>(1)
+    };
     let plain_pred = first_max(logits.clone(), logits.clone().max_dim(1));
     let adj = logits - shift.unsqueeze_dim::<2>(0);
     let m = adj.clone().max_dim(1);
@@ -94,7 +107,8 @@ pub fn score_tensor_ops(logits: Tensor<2>, labels: Tensor<1, Int>, tau: &[f32], 
     let max_prob = sum.clone().recip();
     let valid = labels.clone().greater_equal_elem(0).bool_and(labels.clone().lower_elem(classes as i64));
     let li = labels.clamp(0, classes as i64 - 1).unsqueeze_dim::<2>(1);
-    let prob_label = (e.gather(1, li) / sum).mask_where(valid.clone().bool_not().unsqueeze_dim::<2>(1), max_prob.clone());
+    let prob_label =
+        (e.gather(1, li) / sum).mask_where(valid.clone().bool_not().unsqueeze_dim::<2>(1), max_prob.clone());
     let noise_score = (prob_label.clone().neg() + 1.0).clamp(0.0, 1.0);
     Ok(ScoreOutput {
         pred,

@@ -84,10 +84,8 @@ pub fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// A valid manifest JSON for `samples` of (path, label).
 pub fn manifest(classes: &[&str], samples: &[(&str, usize)]) -> String {
-    let s: Vec<String> = samples
-        .iter()
-        .map(|(p, l)| format!(r#"{{"path": "{p}", "label": {l}, "split": "train"}}"#))
-        .collect();
+    let s: Vec<String> =
+        samples.iter().map(|(p, l)| format!(r#"{{"path": "{p}", "label": {l}, "split": "train"}}"#)).collect();
     let c: Vec<String> = classes.iter().map(|c| format!("\"{c}\"")).collect();
     format!(r#"{{"format": "h2e-dataset", "version": 1, "classes": [{}], "samples": [{}]}}"#, c.join(","), s.join(","))
 }
@@ -118,7 +116,8 @@ pub fn bands(seed: u64, per_class: usize) -> h2e::data::TensorSet {
     let mut set = h2e::data::TensorSet::empty(classes, 1, 8, 8);
     for (label, band) in [0..3, 3..5, 5..8].into_iter().enumerate() {
         for i in 0..per_class {
-            let pixels = (0..64).map(|p| (if band.contains(&(p / 8)) { 200 } else { 30 } + rng.below(40)) as u8).collect();
+            let pixels =
+                (0..64).map(|p| (if band.contains(&(p / 8)) { 200 } else { 30 } + rng.below(40)) as u8).collect();
             set.push(&Image { width: 8, height: 8, channels: 1, pixels }, label, None, format!("{label}/{i}.png"));
         }
     }
