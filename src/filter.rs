@@ -7,11 +7,11 @@
 //! and scored with [`Identifier::score_batch`]; only a few numbers per sample
 //! are kept, so memory stays bounded whatever the data set's size. The
 //! operating point is applied once at the end, over every scored labelled
-//! sample, because the `confident-learning`, `noise-rate` and `agreement-noise-rate` rules
-//! (per-class noise rates estimated from the whole set) and the caps
-//! (`max_flag_rate`, `min_per_class`) are global. With [`Shard`]s they apply
-//! per shard; the `agreement` (default), `argmax` and `threshold=T` rules
-//! without caps decide each sample alone.
+//! sample, because the `agreement-noise-rate` (default), `confident-learning`
+//! and `noise-rate` rules (per-class noise rates estimated from the whole
+//! set) and the caps (`max_flag_rate`, `min_per_class`) are global. With
+//! [`Shard`]s they apply per shard; the `agreement`, `argmax` and
+//! `threshold=T` rules without caps decide each sample alone.
 //!
 //! An image that cannot be read yields a row with `error` set instead of
 //! stopping the run. Column names follow cleanlab's `find_label_issues`

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Above this estimated noise rate a class is mostly noise, and
+/// [`Rule::AgreementNoiseRate`] leaves its agreement flags uncapped.
+pub const MAJORITY_NOISE: f64 = 0.5;
+
 /// Weight given to flagged samples.
 pub const NOISE_WEIGHT: f32 = 0.01;
 
@@ -91,15 +95,20 @@ pub enum Rule {
     /// prior adjustment alone over-flags head classes (their clean samples
     /// whose adjusted prediction tips to a tail class); a plain prediction
     /// that still agrees with the label vetoes those. Per sample, so shards
-    /// decide exactly as a whole set does. The default: it keeps the
-    /// adjusted rule's tail recall and flags a subset of what
-    /// [`Rule::Argmax`] flags.
-    #[default]
+    /// decide exactly as a whole set does (the default before
+    /// [`Rule::AgreementNoiseRate`]). It keeps the adjusted rule's tail
+    /// recall and flags a subset of what [`Rule::Argmax`] flags.
     Agreement,
     /// [`Rule::Agreement`]'s flags, at most the estimated number of noisy
     /// samples per class, highest noise score first: the cap of
-    /// [`Rule::NoiseRate`] on the agreement rule's flags. Needs the full
-    /// probability matrix, so it decides over a whole set (or shard).
+    /// [`Rule::NoiseRate`] on the agreement rule's flags, except in a class
+    /// whose estimated noise rate exceeds [`MAJORITY_NOISE`]. The cap trims
+    /// the clean but ambiguous samples that agreement over-flags in
+    /// medium classes at mild noise; in a class that is mostly noise (pair
+    /// noise into a tail class) agreement's flags are already mostly right
+    /// and the cap would drop true noise. Needs the full probability
+    /// matrix, so it decides over a whole set (or shard). The default.
+    #[default]
     AgreementNoiseRate,
 }
 
@@ -190,10 +199,17 @@ pub fn apply(
     };
     let argmax = || per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect::<Vec<bool>>();
     let agreement = || per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect::<Vec<bool>>();
-    // At most the estimated number of noisy samples per class.
-    let noise_rate_cap = |mut flagged: Vec<bool>| -> Result<Vec<bool>> {
+    // At most the estimated number of noisy samples per class; with
+    // `exempt_majority`, no cap in a class estimated to be mostly noise.
+    let noise_rate_cap = |mut flagged: Vec<bool>, exempt_majority: bool| -> Result<Vec<bool>> {
         let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
-        cap_per_class(per, &mut flagged, labels, classes, |c, n| (rate[c] * n as f64).round() as usize);
+        cap_per_class(per, &mut flagged, labels, classes, |c, n| {
+            if exempt_majority && rate[c] > MAJORITY_NOISE {
+                n
+            } else {
+                (rate[c] * n as f64).round() as usize
+            }
+        });
         Ok(flagged)
     };
     let flagged: Vec<bool> = match op.rule {
@@ -203,8 +219,8 @@ pub fn apply(
         Rule::ConfidentLearning => {
             crate::baselines::confident_learning(needs_probs()?, labels, classes)?.detection.flagged
         }
-        Rule::NoiseRate => noise_rate_cap(argmax())?,
-        Rule::AgreementNoiseRate => noise_rate_cap(agreement())?,
+        Rule::NoiseRate => noise_rate_cap(argmax(), false)?,
+        Rule::AgreementNoiseRate => noise_rate_cap(agreement(), true)?,
     };
     Ok(apply_caps(per, flagged, labels, classes, op))
 }
@@ -503,5 +519,33 @@ mod tests {
         let argmax_capped = score_logits(&logits, 2, &labels, &tau, &lp, &op(Rule::NoiseRate)).unwrap();
         assert_eq!(capped.flagged, vec![false, false, true, false, false, false, false, false]);
         assert!(argmax_capped.flagged[3] && argmax_capped.flagged[4], "{:?}", argmax_capped.flagged);
+    }
+
+    #[test]
+    fn agreement_noise_rate_leaves_a_mostly_noisy_class_uncapped() {
+        // Class 1 (8 samples): 6 look like class 0 to both predictions (4
+        // confidently, 2 less so), 2 like class 1. Confident learning
+        // estimates its noise rate at 4/6 (the 2 unconfident ones do not
+        // count), above one half: all six agreement flags stay, where the
+        // noise-rate cap on argmax (the same flags here: no prior) keeps 5.
+        let mut rows = vec![[3.0f32, 0.0]; 8];
+        rows.extend([[4.0, 0.0], [4.1, 0.0], [4.2, 0.0], [4.3, 0.0], [1.5, 0.5], [1.4, 0.5], [0.0, 3.0], [0.2, 2.0]]);
+        let logits: Vec<f32> = rows.concat();
+        let labels: Vec<usize> = [vec![0; 8], vec![1; 8]].concat();
+        let zero = [0.0; 2];
+        let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
+        let probs = adjusted_probabilities(&logits, 2, &zero, &zero);
+        let rate = crate::baselines::confident_learning(&probs, &labels, 2).unwrap().noise_rate;
+        assert!(
+            rate[1] > MAJORITY_NOISE && rate[1] * 8.0 < 5.5,
+            "the example needs a majority-noise class capped below 6: {rate:?}"
+        );
+        let agree = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::Agreement)).unwrap();
+        let anr = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::AgreementNoiseRate)).unwrap();
+        let nr = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::NoiseRate)).unwrap();
+        let count = |f: &[bool]| f[8..].iter().filter(|&&x| x).count();
+        assert_eq!(count(&agree.flagged), 6);
+        assert_eq!(anr.flagged, agree.flagged);
+        assert_eq!(count(&nr.flagged), (rate[1] * 8.0).round() as usize);
     }
 }

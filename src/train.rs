@@ -131,8 +131,9 @@ pub struct TrainConfig {
     pub folds: usize,
     /// Train the robust stage-2 classifier.
     pub classifier: bool,
-    /// Stage-2 epochs; `None`: [`epochs`](Self::epochs), the budget of the
-    /// plain network it is compared with.
+    /// Stage-2 epochs; `None`: as many SGD steps as the plain network it is
+    /// compared with ([`epochs`](Self::epochs) over every sample), so
+    /// [`same_steps_epochs`] over the smaller kept set.
     pub classifier_epochs: Option<usize>,
     /// Stage-2 peak learning rate; `None`: [`lr`](Self::lr).
     pub classifier_lr: Option<f64>,
@@ -361,6 +362,19 @@ pub fn classifier_set(scores: &Scores, labels: &[usize], classes: usize, min_kee
     ((0..labels.len()).filter(|&i| keep[i]).collect(), weight)
 }
 
+/// Epochs over `kept` samples that take as many SGD steps as `epochs`
+/// epochs over all `n` samples at batch size `batch` (at least one epoch,
+/// rounded to the nearest whole epoch): the stage-2 classifier trains on
+/// fewer samples than the plain network it is compared with, and the same
+/// number of epochs would give it fewer steps.
+pub fn same_steps_epochs(epochs: usize, batch: usize, n: usize, kept: usize) -> usize {
+    let steps = |m: usize| m.div_ceil(batch.min(m).max(1));
+    if kept == 0 {
+        return epochs;
+    }
+    ((epochs * steps(n)) as f64 / steps(kept) as f64).round().max(1.0) as usize
+}
+
 /// Mean cross-entropy of logits `z` `[n, c]` against labels `y` `[n]`.
 pub fn cross_entropy(z: Tensor<2>, y: Tensor<1, Int>) -> Tensor<1> {
     log_softmax(z, 1).gather(1, y.unsqueeze_dim::<2>(1)).mean().neg()
@@ -523,7 +537,11 @@ impl<'a> Engine<'a> {
         let cfg = &self.config;
         let ad = self.device.clone().autodiff();
         let (epochs, peak) = match stage2 {
-            Some(_) => (cfg.classifier_epochs.unwrap_or(cfg.epochs), cfg.classifier_lr.unwrap_or(cfg.lr)),
+            Some(_) => (
+                cfg.classifier_epochs
+                    .unwrap_or_else(|| same_steps_epochs(cfg.epochs, cfg.batch_size, set.len(), indices.len())),
+                cfg.classifier_lr.unwrap_or(cfg.lr),
+            ),
             None => (cfg.epochs, cfg.lr),
         };
         // Always a fresh network: a clone of another would share its batch
@@ -931,7 +949,8 @@ impl<'a> Engine<'a> {
     /// samples `scores` keeps ([`classifier_set`]) with their confidence
     /// weights, a logit-adjusted loss (the kept set's prior) and the
     /// stage-A recipe (mixup, crop, flip, SGD, cosine) for
-    /// `classifier_epochs` (default: the stage-A budget). Returns it in
+    /// `classifier_epochs` (default: the stage-A budget in steps, see
+    /// [`same_steps_epochs`]). Returns it in
     /// validation mode with its accuracy on `test` (true labels when the
     /// data has them).
     pub fn train_classifier(
@@ -1115,6 +1134,19 @@ impl<'a> Engine<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage2_budget_matches_the_plain_networks_steps() {
+        // 24,516 samples at batch 128: 192 steps an epoch, 1,920 in 10.
+        assert_eq!(same_steps_epochs(10, 128, 24_516, 24_516), 10);
+        // 17,000 kept: 133 steps an epoch; 1,920 / 133 = 14.4 -> 14.
+        assert_eq!(same_steps_epochs(10, 128, 24_516, 17_000), 14);
+        // Half the samples: twice the epochs.
+        assert_eq!(same_steps_epochs(10, 100, 1_000, 500), 20);
+        // Tiny sets and degenerate input stay positive.
+        assert_eq!(same_steps_epochs(1, 128, 10, 5), 1);
+        assert_eq!(same_steps_epochs(3, 128, 10, 0), 3);
+    }
 
     #[test]
     fn classifier_set_never_empties_a_class() {

@@ -56,16 +56,17 @@ pub struct TrainArgs {
     /// Also train the robust stage-2 classifier (needs a test split).
     #[arg(long)]
     pub classifier: bool,
-    /// Stage-2 epochs (default: --epochs, the budget of the plain network it is compared with).
+    /// Stage-2 epochs (default: as many steps as --epochs over every sample take, the budget of the plain network it is compared with).
     #[arg(long)]
     pub classifier_epochs: Option<usize>,
-    /// Flagging rule: agreement (the adjusted and the plain prediction both
+    /// Flagging rule: agreement-noise-rate (agreement's flags capped per
+    /// class at the estimated noisy count, except in classes estimated to be
+    /// mostly noise), agreement (the adjusted and the plain prediction both
     /// differ from the label), argmax (the adjusted prediction differs from
     /// the label, the paper's rule), confident-learning (per-class
     /// noise-rate estimates on the adjusted probabilities), noise-rate
-    /// (argmax capped per class at the estimated noisy count),
-    /// agreement-noise-rate (agreement capped the same way) or threshold=T.
-    #[arg(long, default_value = "agreement")]
+    /// (argmax capped per class at the estimated noisy count) or threshold=T.
+    #[arg(long, default_value = "agreement-noise-rate")]
     pub operating_point: Rule,
     /// Flag when the noise score reaches this value (same as --operating-point threshold=T).
     #[arg(long)]
