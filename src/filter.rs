@@ -5,7 +5,8 @@
 //! Samples are decoded in batches (on all cores, while the previous batch is
 //! scored), resized to the identifier's input size exactly as training did,
 //! and scored with [`Identifier::score_batch`]; only a few numbers per sample
-//! are kept, so memory stays bounded whatever the data set's size. The
+//! are kept (plus its adjusted probability row, `classes` floats, under the
+//! rules that estimate per-class noise rates), never the images. The
 //! operating point is applied once at the end, over every scored labelled
 //! sample, because the `agreement-noise-rate` (default), `confident-learning`
 //! and `noise-rate` rules (per-class noise rates estimated from the whole

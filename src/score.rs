@@ -113,6 +113,11 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule but [`Rule::Threshold`]: the operating points each h2e
+    /// round reports.
+    pub const NAMED: [Rule; 5] =
+        [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement, Rule::AgreementNoiseRate];
+
     /// Whether deciding needs the full `[n, classes]` probability matrix.
     pub fn needs_probabilities(&self) -> bool {
         matches!(self, Rule::ConfidentLearning | Rule::NoiseRate | Rule::AgreementNoiseRate)
@@ -418,14 +423,7 @@ mod tests {
         }
         assert!(nr.flagged.iter().zip(&am.flagged).all(|(n, a)| !n || *a));
         assert!(nr.flagged[2]);
-        for r in [
-            Rule::Argmax,
-            Rule::ConfidentLearning,
-            Rule::NoiseRate,
-            Rule::Agreement,
-            Rule::AgreementNoiseRate,
-            Rule::Threshold(0.25),
-        ] {
+        for r in Rule::NAMED.into_iter().chain([Rule::Threshold(0.25)]) {
             assert_eq!(r.to_string().parse::<Rule>().unwrap(), r);
         }
     }

@@ -368,11 +368,17 @@ pub fn classifier_set(scores: &Scores, labels: &[usize], classes: usize, min_kee
 /// fewer samples than the plain network it is compared with, and the same
 /// number of epochs would give it fewer steps.
 pub fn same_steps_epochs(epochs: usize, batch: usize, n: usize, kept: usize) -> usize {
-    let steps = |m: usize| m.div_ceil(batch.min(m).max(1));
     if kept == 0 {
         return epochs;
     }
-    ((epochs * steps(n)) as f64 / steps(kept) as f64).round().max(1.0) as usize
+    ((epochs * batching(batch, n).1) as f64 / batching(batch, kept).1 as f64).round().max(1.0) as usize
+}
+
+/// The batch size used on `n` samples (`batch`, at most `n`, at least 1)
+/// and the steps one epoch over them takes.
+fn batching(batch: usize, n: usize) -> (usize, usize) {
+    let bs = batch.min(n).max(1);
+    (bs, n.div_ceil(bs))
 }
 
 /// Mean cross-entropy of logits `z` `[n, c]` against labels `y` `[n]`.
@@ -548,8 +554,7 @@ impl<'a> Engine<'a> {
         // norm running statistics and move them while training.
         let mut model = crate::model::seeded(Net::new(self.kind(), self.channels, self.size, self.classes, &ad), seed);
         let mut optim = sgd(cfg.momentum, cfg.weight_decay, None);
-        let bs = cfg.batch_size.min(indices.len()).max(1);
-        let steps_per_epoch = indices.len().div_ceil(bs);
+        let (bs, steps_per_epoch) = batching(cfg.batch_size, indices.len());
         let total = epochs * steps_per_epoch;
         let adjust = stage2.map(|(_, adj)| {
             Tensor::<1>::from_data(TensorData::new(adj.to_vec(), [adj.len()]), &ad).unsqueeze_dim::<2>(0)
@@ -757,8 +762,8 @@ impl<'a> Engine<'a> {
             present.iter().map(|_| 1.0).collect(),
             present.iter().map(|&c| n_max / members[c].len() as f64).collect(),
         ];
-        let bs = cfg.batch_size.min(indices.len()).max(1);
-        let steps = cfg.identifier_epochs * indices.len().div_ceil(bs);
+        let (bs, steps_per_epoch) = batching(cfg.batch_size, indices.len());
+        let steps = cfg.identifier_epochs * steps_per_epoch;
         let started = Instant::now();
         let mut last = (f32::NAN, f32::NAN);
         stage(self.progress, name, steps as u64, || {
@@ -933,8 +938,7 @@ impl<'a> Engine<'a> {
     ) -> Result<Vec<(String, DetectionMetrics)>> {
         let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for rule in [Rule::Argmax, Rule::ConfidentLearning, Rule::NoiseRate, Rule::Agreement, Rule::AgreementNoiseRate]
-        {
+        for rule in Rule::NAMED {
             let (name, op) = (rule.to_string(), OperatingPoint { rule, ..self.config.operating_point });
             let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
             out.push((
