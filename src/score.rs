@@ -19,8 +19,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Above this estimated noise rate a class is mostly noise, and
-/// [`Rule::AgreementNoiseRate`] leaves its agreement flags uncapped.
+/// [`Rule::AgreementNoiseRate`] leaves its agreement flags uncapped when
+/// they also look like a systematic flip (see [`SYSTEMATIC_FLIP`]).
 pub const MAJORITY_NOISE: f64 = 0.5;
+
+/// A class's flags look like a systematic flip from one other class when
+/// more than this share of them have the same adjusted prediction.
+/// Majority noise comes from such flips (pair noise into a smaller class);
+/// a class that is merely hard to recognise (Fashion-MNIST's Shirt) also
+/// gets a high estimated noise rate, but its doubtful samples spread over
+/// several look-alike classes, and there the cap stays.
+pub const SYSTEMATIC_FLIP: f64 = 0.5;
 
 /// Weight given to flagged samples.
 pub const NOISE_WEIGHT: f32 = 0.01;
@@ -102,12 +111,14 @@ pub enum Rule {
     /// [`Rule::Agreement`]'s flags, at most the estimated number of noisy
     /// samples per class, highest noise score first: the cap of
     /// [`Rule::NoiseRate`] on the agreement rule's flags, except in a class
-    /// whose estimated noise rate exceeds [`MAJORITY_NOISE`]. The cap trims
-    /// the clean but ambiguous samples that agreement over-flags in
-    /// medium classes at mild noise; in a class that is mostly noise (pair
-    /// noise into a tail class) agreement's flags are already mostly right
-    /// and the cap would drop true noise. Needs the full probability
-    /// matrix, so it decides over a whole set (or shard). The default.
+    /// whose estimated noise rate exceeds [`MAJORITY_NOISE`] and whose
+    /// flags mostly point at one other class ([`SYSTEMATIC_FLIP`]). The cap
+    /// trims the clean but ambiguous samples that agreement over-flags in
+    /// medium classes at mild noise; in a class that is mostly noise from a
+    /// systematic flip (pair noise into a tail class) agreement's flags are
+    /// already mostly right and the cap would drop true noise. Needs the
+    /// full probability matrix, so it decides over a whole set (or shard).
+    /// The default.
     #[default]
     AgreementNoiseRate,
 }
@@ -205,11 +216,13 @@ pub fn apply(
     let argmax = || per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect::<Vec<bool>>();
     let agreement = || per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect::<Vec<bool>>();
     // At most the estimated number of noisy samples per class; with
-    // `exempt_majority`, no cap in a class estimated to be mostly noise.
+    // `exempt_majority`, no cap in a class estimated to be mostly noise
+    // whose flags look like a systematic flip.
     let noise_rate_cap = |mut flagged: Vec<bool>, exempt_majority: bool| -> Result<Vec<bool>> {
         let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
+        let flip = flip_shares(per, &flagged, labels, classes);
         cap_per_class(per, &mut flagged, labels, classes, |c, n| {
-            if exempt_majority && rate[c] > MAJORITY_NOISE {
+            if exempt_majority && rate[c] > MAJORITY_NOISE && flip[c] > SYSTEMATIC_FLIP {
                 n
             } else {
                 (rate[c] * n as f64).round() as usize
@@ -228,6 +241,28 @@ pub fn apply(
         Rule::AgreementNoiseRate => noise_rate_cap(agreement(), true)?,
     };
     Ok(apply_caps(per, flagged, labels, classes, op))
+}
+
+/// Per class, the share of its flagged samples whose adjusted prediction
+/// is the most common one among them (0 for a class without flags).
+fn flip_shares(per: &[SampleScore], flagged: &[bool], labels: &[usize], classes: usize) -> Vec<f64> {
+    let mut counts = vec![vec![0usize; classes]; classes];
+    for ((s, &f), &l) in per.iter().zip(flagged).zip(labels) {
+        if f && l < classes && s.pred < classes {
+            counts[l][s.pred] += 1;
+        }
+    }
+    counts
+        .iter()
+        .map(|row| {
+            let total: usize = row.iter().sum();
+            if total == 0 {
+                0.0
+            } else {
+                *row.iter().max().unwrap_or(&0) as f64 / total as f64
+            }
+        })
+        .collect()
 }
 
 /// Samples sorted by noise score, highest first (index as tie-break:
@@ -545,5 +580,46 @@ mod tests {
         assert_eq!(count(&agree.flagged), 6);
         assert_eq!(anr.flagged, agree.flagged);
         assert_eq!(count(&nr.flagged), (rate[1] * 8.0).round() as usize);
+    }
+
+    #[test]
+    fn agreement_noise_rate_caps_a_hard_class_whose_flags_spread() {
+        // Class 2 (9 samples: 4 confidently like class 0 or 1, 2 less so, 3
+        // clean) is estimated to be mostly noise (5/9), as in the test
+        // above, but its six flags split evenly between classes 0 and 1:
+        // no systematic flip, so the cap applies (a hard class such as
+        // Fashion-MNIST's Shirt, not pair noise).
+        let mut rows = vec![[3.0f32, 0.0, 0.0]; 8];
+        rows.extend(vec![[0.0f32, 3.0, 0.0]; 8]);
+        rows.extend([
+            [4.0, 0.0, 0.0],
+            [0.0, 4.1, 0.0],
+            [4.2, 0.0, 0.0],
+            [0.0, 4.3, 0.0],
+            [1.5, 0.0, 0.5],
+            [0.0, 1.4, 0.5],
+            [0.0, 0.0, 3.0],
+            [0.0, 0.2, 2.0],
+            [0.0, 0.0, 2.5],
+        ]);
+        let logits: Vec<f32> = rows.concat();
+        let labels: Vec<usize> = [vec![0; 8], vec![1; 8], vec![2; 9]].concat();
+        let zero = [0.0; 3];
+        let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
+        let probs = adjusted_probabilities(&logits, 3, &zero, &zero);
+        let rate = crate::baselines::confident_learning(&probs, &labels, 3).unwrap().noise_rate;
+        assert!(
+            rate[2] > MAJORITY_NOISE && rate[2] * 9.0 < 5.5,
+            "the example needs a majority-noise class capped below 6: {rate:?}"
+        );
+        let agree = score_logits(&logits, 3, &labels, &zero, &zero, &op(Rule::Agreement)).unwrap();
+        let anr = score_logits(&logits, 3, &labels, &zero, &zero, &op(Rule::AgreementNoiseRate)).unwrap();
+        let count = |f: &[bool]| f[16..].iter().filter(|&&x| x).count();
+        assert_eq!(count(&agree.flagged), 6);
+        assert_eq!(count(&anr.flagged), (rate[2] * 9.0).round() as usize);
+        assert!(anr.flagged.iter().zip(&agree.flagged).all(|(a, g)| !a || *g));
+        let per: Vec<SampleScore> =
+            logits.chunks_exact(3).zip(&labels).map(|(row, &l)| per_sample(row, Some(l), &zero, &zero)).collect();
+        assert_eq!(flip_shares(&per, &agree.flagged, &labels, 3)[2], 0.5);
     }
 }

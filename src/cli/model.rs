@@ -61,7 +61,7 @@ pub struct TrainArgs {
     pub classifier_epochs: Option<usize>,
     /// Flagging rule: agreement-noise-rate (agreement's flags capped per
     /// class at the estimated noisy count, except in classes estimated to be
-    /// mostly noise), agreement (the adjusted and the plain prediction both
+    /// mostly noise from a systematic flip), agreement (the adjusted and the plain prediction both
     /// differ from the label), argmax (the adjusted prediction differs from
     /// the label, the paper's rule), confident-learning (per-class
     /// noise-rate estimates on the adjusted probabilities), noise-rate
