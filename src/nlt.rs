@@ -110,8 +110,12 @@ pub struct NltSummary {
     pub test: usize,
 }
 
+/// The drawn training samples as `(source index, given label)` pairs, and
+/// the long-tailed count of each class.
+type Drawn = (Vec<(usize, usize)>, Vec<usize>);
+
 /// Chooses the training samples: `(source index, given label)` pairs.
-fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Vec<usize>)> {
+fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<Drawn> {
     let c_n = source.classes().len();
     let loc = source.location();
     if cfg.imbalance.is_nan() || cfg.imbalance < 1.0 {
@@ -141,9 +145,8 @@ fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Ve
     match cfg.kind {
         NoiseKind::Uniform => {
             let mut used = vec![false; source.samples().len()];
-            let mut noise_n = vec![0; c_n];
+            let noise_n: Vec<usize> = counts.iter().map(|&n| (r * n as f64 + 1e-9).floor() as usize).collect();
             for c in 0..c_n {
-                noise_n[c] = (r * counts[c] as f64 + 1e-9).floor() as usize;
                 let clean = counts[c] - noise_n[c];
                 if pools[c].len() < clean {
                     return Err(Error::dataset(
@@ -163,19 +166,16 @@ fn draw(source: &dyn Source, cfg: &NltConfig) -> Result<(Vec<(usize, usize)>, Ve
             // The unused pool, in a seeded order.
             let mut unused: Vec<usize> = pools.iter().flatten().copied().filter(|&i| !used[i]).collect();
             rng.shuffle(&mut unused);
-            for c in 0..c_n {
+            for (c, &want) in noise_n.iter().enumerate() {
                 let mut candidates: Vec<usize> =
                     unused.iter().copied().filter(|&i| !used[i] && truth(i) != c).collect();
-                if candidates.len() < noise_n[c] {
+                if candidates.len() < want {
                     return Err(Error::dataset(
                         loc,
-                        format!(
-                            "not enough unused images of other classes to make {} noisy samples for class {c}",
-                            noise_n[c]
-                        ),
+                        format!("not enough unused images of other classes to make {want} noisy samples for class {c}"),
                     ));
                 }
-                for k in 0..noise_n[c] {
+                for k in 0..want {
                     let j = k + rng.below(candidates.len() - k);
                     candidates.swap(k, j);
                     used[candidates[k]] = true;

@@ -61,20 +61,34 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// One preprocessing case: batch size, channels, largest random source
+/// side (0 when every source has the `fixed` size), output size and
+/// whether the batch is augmented.
+#[derive(Clone, Copy)]
+struct Case {
+    n: usize,
+    c: usize,
+    max: u32,
+    fixed: Option<(u32, u32)>,
+    oh: u32,
+    ow: u32,
+    aug: bool,
+}
+
 #[test]
 fn preprocess_kernel_matches_reference_on_wgpu() {
     let Some(device) = wgpu() else { return };
     assert!(kernels::runs_wgsl(&device));
     let mut rng = Rng::new(0x5eed_0001);
-    // (batch, channels, max source side or fixed size, output h, w, augmented)
-    let cases: &[(usize, usize, u32, Option<(u32, u32)>, u32, u32, bool)] = &[
-        (1, 3, 0, Some((8, 8)), 8, 8, false), // batch 1, identity size
-        (1, 1, 0, Some((8, 8)), 8, 8, true),
-        (5, 1, 12, None, 6, 5, true),  // mixed sizes, 150 threads (< one group)
-        (11, 3, 10, None, 7, 9, true), // 693 threads: 3 groups, last one partial
-        (4, 3, 0, Some((6, 10)), 12, 8, true),
+    let case = |n, c, max, fixed, (oh, ow), aug| Case { n, c, max, fixed, oh, ow, aug };
+    let cases = [
+        case(1, 3, 0, Some((8, 8)), (8, 8), false), // batch 1, identity size
+        case(1, 1, 0, Some((8, 8)), (8, 8), true),
+        case(5, 1, 12, None, (6, 5), true),  // mixed sizes, 150 threads (< one group)
+        case(11, 3, 10, None, (7, 9), true), // 693 threads: 3 groups, last one partial
+        case(4, 3, 0, Some((6, 10)), (12, 8), true),
     ];
-    for (k, &(n, c, max, fixed, oh, ow, aug)) in cases.iter().enumerate() {
+    for (k, &Case { n, c, max, fixed, oh, ow, aug }) in cases.iter().enumerate() {
         let batch = random_batch(&mut rng, n, c, max, fixed);
         let seed = rng.next_u64();
         let params = if aug { augmented(oh, ow, seed) } else { PreprocessParams::eval(oh, ow) };
