@@ -220,9 +220,9 @@ pub fn apply(
     // whose flags look like a systematic flip.
     let noise_rate_cap = |mut flagged: Vec<bool>, exempt_majority: bool| -> Result<Vec<bool>> {
         let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
-        let flip = flip_shares(per, &flagged, labels, classes);
+        let flip = if exempt_majority { flip_shares(per, &flagged, labels, classes) } else { vec![0.0; classes] };
         cap_per_class(per, &mut flagged, labels, classes, |c, n| {
-            if exempt_majority && rate[c] > MAJORITY_NOISE && flip[c] > SYSTEMATIC_FLIP {
+            if rate[c] > MAJORITY_NOISE && flip[c] > SYSTEMATIC_FLIP {
                 n
             } else {
                 (rate[c] * n as f64).round() as usize
@@ -362,14 +362,27 @@ pub fn score_logits(
     log_prior: &[f32],
     op: &OperatingPoint,
 ) -> Result<Scores> {
-    let per: Vec<SampleScore> =
-        logits.chunks_exact(classes).zip(labels).map(|(row, &l)| per_sample(row, Some(l), tau, log_prior)).collect();
+    let per = per_samples(logits, classes, labels, tau, log_prior);
     apply(&per, Some(&adjusted_probabilities(logits, classes, tau, log_prior)), labels, classes, op)
+}
+
+/// [`per_sample`] over each labelled row of a row-major `[n, classes]`
+/// logits buffer.
+fn per_samples(logits: &[f32], classes: usize, labels: &[usize], tau: &[f32], log_prior: &[f32]) -> Vec<SampleScore> {
+    logits.chunks_exact(classes).zip(labels).map(|(row, &l)| per_sample(row, Some(l), tau, log_prior)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Confident learning's per-class noise-rate estimates on the softmax
+    /// of `logits` (no prior adjustment).
+    fn noise_rates(logits: &[f32], labels: &[usize], classes: usize) -> Vec<f64> {
+        let zero = vec![0.0; classes];
+        let probs = adjusted_probabilities(logits, classes, &zero, &zero);
+        crate::baselines::confident_learning(&probs, labels, classes).unwrap().noise_rate
+    }
 
     #[test]
     fn adjustment_changes_the_prediction_toward_the_tail() {
@@ -431,8 +444,7 @@ mod tests {
         let labels = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
         let zero = [0.0; 2];
         let op = OperatingPoint { rule: Rule::ConfidentLearning, min_per_class: 0, ..Default::default() };
-        let per: Vec<SampleScore> =
-            logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &zero, &zero)).collect();
+        let per = per_samples(&logits, 2, &labels, &zero, &zero);
         assert!(apply(&per, None, &labels, 2, &op).is_err());
         let s = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
         let probs = adjusted_probabilities(&logits, 2, &zero, &zero);
@@ -517,13 +529,11 @@ mod tests {
         let zero = [0.0; 2];
         let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
         assert!(Rule::AgreementNoiseRate.needs_probabilities());
-        let per: Vec<SampleScore> =
-            logits.chunks(2).zip(&labels).map(|(r, &l)| per_sample(r, Some(l), &zero, &zero)).collect();
+        let per = per_samples(&logits, 2, &labels, &zero, &zero);
         assert!(apply(&per, None, &labels, 2, &op(Rule::AgreementNoiseRate)).is_err());
         let capped = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::AgreementNoiseRate)).unwrap();
         let agree = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::Agreement)).unwrap();
-        let probs = adjusted_probabilities(&logits, 2, &zero, &zero);
-        let rate = crate::baselines::confident_learning(&probs, &labels, 2).unwrap().noise_rate;
+        let rate = noise_rates(&logits, &labels, 2);
         let cap0 = (rate[0] * 8.0).round() as usize;
         assert_eq!(agree.flagged.iter().filter(|&&f| f).count(), 4, "{:?}", agree.flagged);
         assert!(cap0 < 4, "the example must engage the cap: rate {rate:?}");
@@ -567,8 +577,7 @@ mod tests {
         let labels: Vec<usize> = [vec![0; 8], vec![1; 8]].concat();
         let zero = [0.0; 2];
         let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
-        let probs = adjusted_probabilities(&logits, 2, &zero, &zero);
-        let rate = crate::baselines::confident_learning(&probs, &labels, 2).unwrap().noise_rate;
+        let rate = noise_rates(&logits, &labels, 2);
         assert!(
             rate[1] > MAJORITY_NOISE && rate[1] * 8.0 < 5.5,
             "the example needs a majority-noise class capped below 6: {rate:?}"
@@ -606,8 +615,7 @@ mod tests {
         let labels: Vec<usize> = [vec![0; 8], vec![1; 8], vec![2; 9]].concat();
         let zero = [0.0; 3];
         let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
-        let probs = adjusted_probabilities(&logits, 3, &zero, &zero);
-        let rate = crate::baselines::confident_learning(&probs, &labels, 3).unwrap().noise_rate;
+        let rate = noise_rates(&logits, &labels, 3);
         assert!(
             rate[2] > MAJORITY_NOISE && rate[2] * 9.0 < 5.5,
             "the example needs a majority-noise class capped below 6: {rate:?}"
@@ -618,8 +626,7 @@ mod tests {
         assert_eq!(count(&agree.flagged), 6);
         assert_eq!(count(&anr.flagged), (rate[2] * 9.0).round() as usize);
         assert!(anr.flagged.iter().zip(&agree.flagged).all(|(a, g)| !a || *g));
-        let per: Vec<SampleScore> =
-            logits.chunks_exact(3).zip(&labels).map(|(row, &l)| per_sample(row, Some(l), &zero, &zero)).collect();
+        let per = per_samples(&logits, 3, &labels, &zero, &zero);
         assert_eq!(flip_shares(&per, &agree.flagged, &labels, 3)[2], 0.5);
     }
 }

@@ -61,11 +61,12 @@ pub struct TrainArgs {
     pub classifier_epochs: Option<usize>,
     /// Flagging rule: agreement-noise-rate (agreement's flags capped per
     /// class at the estimated noisy count, except in classes estimated to be
-    /// mostly noise from a systematic flip), agreement (the adjusted and the plain prediction both
-    /// differ from the label), argmax (the adjusted prediction differs from
-    /// the label, the paper's rule), confident-learning (per-class
-    /// noise-rate estimates on the adjusted probabilities), noise-rate
-    /// (argmax capped per class at the estimated noisy count) or threshold=T.
+    /// mostly noise from a systematic flip), agreement (the adjusted and the
+    /// plain prediction both differ from the label), argmax (the adjusted
+    /// prediction differs from the label, the paper's rule),
+    /// confident-learning (per-class noise-rate estimates on the adjusted
+    /// probabilities), noise-rate (argmax capped per class at the estimated
+    /// noisy count) or threshold=T.
     #[arg(long, default_value = "agreement-noise-rate")]
     pub operating_point: Rule,
     /// Flag when the noise score reaches this value (same as --operating-point threshold=T).
