@@ -46,6 +46,62 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert_eq!(md.lines().count(), 2 + rows.len());
     assert!(out.join("draws/uniform-rho10-r0.3-s0.zip").exists());
+    // One summary line for the draw, with the baselines and stage 2 in it.
+    let summary = json["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 1);
+    assert!(summary[0]["best_baseline"].is_array() && summary[0]["stage2"].is_number(), "{}", summary[0]);
+    let sm = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(sm.contains("| uniform-rho10-r0.3-s0 |") && sm.contains("draws pass every check"), "{sm}");
+    resumed_runs_reuse_the_saved_results(&out, rows);
+}
+
+/// The second half of the quick benchmark test (it reuses its output): a
+/// rerun trains nothing that is saved, and only for the same configuration.
+fn resumed_runs_reuse_the_saved_results(out: &Path, rows: &[serde_json::Value]) {
+    let draws = out.join("draws");
+    let methods = ["h2e", "ce", "small-loss", "confident-learning"];
+    for m in methods {
+        assert!(draws.join(format!("uniform-rho10-r0.3-s0.{m}.json")).exists(), "{m}'s result was not saved");
+    }
+    // Mark the saved ce result: a rerun that trained ce again would lose the mark.
+    let ce = draws.join("uniform-rho10-r0.3-s0.ce.json");
+    let mut saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&ce).unwrap()).unwrap();
+    saved["rows"][0]["seconds"] = serde_json::json!(12345.0);
+    std::fs::write(&ce, serde_json::to_vec(&saved).unwrap()).unwrap();
+    let quick = ["bench", "quality", "--quick", "--device", "cpu", "--classifier", "-o", out.to_str().unwrap()];
+    let o = h2e(&quick);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("reused 4 saved results"));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let again = json["rows"].as_array().unwrap();
+    assert_eq!(again.len(), rows.len());
+    let ce_row = again.iter().find(|r| r["method"] == "ce").unwrap();
+    assert_eq!(ce_row["seconds"], 12345.0, "ce was trained again instead of reused");
+    let h2e_rows = |rs: &[serde_json::Value]| rs.iter().filter(|r| r["method"] == "h2e").cloned().collect::<Vec<_>>();
+    assert_eq!(h2e_rows(again), h2e_rows(rows));
+    // Another configuration (3 epochs) has nothing saved: --report-only
+    // trains nothing and lists every pair as missing.
+    let mut other = quick.to_vec();
+    other.extend(["--epochs", "3", "--report-only"]);
+    let o = h2e(&other);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("4 not run yet: uniform-rho10-r0.3-s0.h2e, uniform-rho10-r0.3-s0.ce"), "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["rows"].as_array().unwrap().len(), 0);
+    assert_eq!(json["missing"].as_array().unwrap().len(), 4);
+    // A damaged saved result is an error that names the file, not a retrain.
+    std::fs::write(&ce, b"{").unwrap();
+    let o = h2e(&quick);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("uniform-rho10-r0.3-s0.ce.json") && err.contains("delete the file"), "{err}");
+    // --shard is checked before anything runs.
+    let mut bad = quick.to_vec();
+    bad.extend(["--shard", "2/2"]);
+    let o = h2e(&bad);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be below the shard count"));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use super::term::TermProgress;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use h2e::bench::{draw_name, grid, quick_config, quick_grid, run, table};
+use h2e::bench::{draw_name, grid, quick_config, quick_grid, run, shard, summarise, summary_table, table, Missing};
 use h2e::data::open_source;
 use h2e::device::{select, DeviceChoice};
 use h2e::train::{Method, TrainConfig};
@@ -39,7 +39,11 @@ pub struct SpeedArgs {
 /// `h2e bench quality` flags.
 #[derive(Debug, Args)]
 pub struct QualityArgs {
-    /// Output folder: results.json, results.md, and the draws (reused on a rerun).
+    /// Output folder: results.json, results.md, summary.md, and under
+    /// draws/ the draws and each finished draw-and-method result. A rerun
+    /// reuses both when the training configuration is the same, so an
+    /// interrupted grid resumes, and several processes (see --shard) can
+    /// share one folder. Delete draws/NAME.METHOD.json to rerun one pair.
     #[arg(short, long)]
     pub output: PathBuf,
     /// One small draw and a short schedule: checks the harness, not a result.
@@ -54,6 +58,15 @@ pub struct QualityArgs {
     /// Only draws whose name contains this (e.g. `uniform-rho100`).
     #[arg(long)]
     pub only: Option<String>,
+    /// Run shard K of N (`K/N`, K from 0): every N-th draw of the grid
+    /// (after --only), starting at the K-th. N processes with shards 0/N
+    /// to N-1/N split the grid between them.
+    #[arg(long)]
+    pub shard: Option<h2e::filter::Shard>,
+    /// Train nothing: report the results already saved in the output
+    /// folder (for this configuration) and list the pairs still missing.
+    #[arg(long)]
+    pub report_only: bool,
     /// Backbone epochs (default: the training default, or 2 with --quick).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -125,11 +138,15 @@ fn quality(a: QualityArgs) -> Result<i32> {
     if let Some(rule) = a.operating_point {
         cfg.operating_point.rule = rule;
     }
+    if let Some(part) = a.shard {
+        draws = shard(&draws, part);
+    }
     let selected = select(a.device)?;
     eprintln!("device: {}; {} draws x {} methods", selected.description, draws.len(), a.methods.len());
     std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
     let progress = TermProgress::new();
-    let rows = run(
+    let missing = if a.report_only { Missing::Skip } else { Missing::Train };
+    let out = run(
         source.as_ref(),
         &draws,
         &a.methods,
@@ -137,27 +154,42 @@ fn quality(a: QualityArgs) -> Result<i32> {
         &a.output.join("draws"),
         &selected.device,
         selected.backend,
+        missing,
         &progress,
         &mut |r| {
             eprintln!(
-                "{} {} round {}: F1 {:.3} (head {:.3}, tail {:.3}), {:.0} s",
+                "{} {} round {}: F1 {:.3} (head {:.3}, tail {:.3}), {:.0} s on {}",
                 draw_name(&r.draw),
                 r.method.as_str(),
                 r.round,
                 r.detection.f1,
                 r.detection.head.f1,
                 r.detection.tail.f1,
-                r.seconds
+                r.seconds,
+                r.backend
             )
         },
     )?;
-    let json = serde_json::json!({"config": cfg, "device": selected.description, "quick": a.quick, "rows": rows});
+    if !out.reused.is_empty() {
+        eprintln!("reused {} saved results from {}", out.reused.len(), a.output.join("draws").display());
+    }
+    if !out.missing.is_empty() {
+        eprintln!("{} not run yet: {}", out.missing.len(), out.missing.join(", "));
+    }
+    let summary = summarise(&out.rows);
+    let json = serde_json::json!({
+        "config": cfg, "device": selected.description, "quick": a.quick,
+        "missing": out.missing, "summary": summary, "rows": out.rows,
+    });
     let json_path = a.output.join("results.json");
     h2e::fsutil::write_atomic(&json_path, &serde_json::to_vec_pretty(&json)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
-    let md = table(&rows);
+    let md = table(&out.rows);
     let md_path = a.output.join("results.md");
     h2e::fsutil::write_atomic(&md_path, md.as_bytes()).with_context(|| format!("writing {}", md_path.display()))?;
-    println!("{md}");
+    let sm = summary_table(&summary);
+    let sm_path = a.output.join("summary.md");
+    h2e::fsutil::write_atomic(&sm_path, sm.as_bytes()).with_context(|| format!("writing {}", sm_path.display()))?;
+    println!("{md}\n{sm}");
     Ok(0)
 }
