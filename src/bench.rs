@@ -157,8 +157,9 @@ pub fn shard(draws: &[NltConfig], part: Shard) -> Vec<NltConfig> {
 /// `source` into `work` (a folder; bundles already there are reused).
 /// A (draw, method) pair whose result is saved in `work` from the same
 /// training configuration is not trained again (see the module docs);
-/// `missing` says what to do with the others. `on_row` sees each row as
-/// soon as it exists, reused ones included.
+/// `missing` says what to do with the others. `on_row` sees each newly
+/// trained row as soon as it exists (reused rows are only in the
+/// [`Outcome`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     source: &dyn Source,
@@ -183,7 +184,6 @@ pub fn run(
             let path = saved_path(work, draw, method);
             let key = format!("{}.{}", draw_name(draw), method.as_str());
             if let Some(rows) = load_saved(&path, draw, &config)? {
-                rows.iter().for_each(&mut *on_row);
                 out.rows.extend(rows);
                 out.reused.push(key);
                 continue;

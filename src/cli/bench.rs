@@ -141,8 +141,10 @@ fn quality(a: QualityArgs) -> Result<i32> {
     if let Some(part) = a.shard {
         draws = shard(&draws, part);
     }
-    let selected = select(a.device)?;
-    eprintln!("device: {}; {} draws x {} methods", selected.description, draws.len(), a.methods.len());
+    // --report-only trains nothing, so it needs no accelerator.
+    let selected = select(if a.report_only { DeviceChoice::Cpu } else { a.device })?;
+    let device = if a.report_only { "none (--report-only)".to_string() } else { selected.description.clone() };
+    eprintln!("device: {device}; {} draws x {} methods", draws.len(), a.methods.len());
     std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
     let progress = TermProgress::new();
     let missing = if a.report_only { Missing::Skip } else { Missing::Train };
@@ -178,7 +180,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
     }
     let summary = summarise(&out.rows);
     let json = serde_json::json!({
-        "config": cfg, "device": selected.description, "quick": a.quick,
+        "config": cfg, "device": device, "quick": a.quick,
         "missing": out.missing, "summary": summary, "rows": out.rows,
     });
     let json_path = a.output.join("results.json");
