@@ -127,9 +127,14 @@ struct Saved {
     rows: Vec<BenchRow>,
 }
 
+/// `NAME.METHOD`: how [`Outcome`] and the saved file name a pair.
+fn pair_name(draw: &NltConfig, method: Method) -> String {
+    format!("{}.{}", draw_name(draw), method.as_str())
+}
+
 /// Where [`run`] saves the result of `method` on `draw` inside `work`.
 pub fn saved_path(work: &Path, draw: &NltConfig, method: Method) -> PathBuf {
-    work.join(format!("{}.{}.json", draw_name(draw), method.as_str()))
+    work.join(format!("{}.json", pair_name(draw, method)))
 }
 
 /// The saved rows at `path` when they were made from `draw` with `config`;
@@ -182,7 +187,7 @@ pub fn run(
             let config = serde_json::to_value(&cfg)
                 .map_err(|e| Error::Argument(format!("the training configuration does not serialise: {e}")))?;
             let path = saved_path(work, draw, method);
-            let key = format!("{}.{}", draw_name(draw), method.as_str());
+            let key = pair_name(draw, method);
             if let Some(rows) = load_saved(&path, draw, &config)? {
                 out.rows.extend(rows);
                 out.reused.push(key);

@@ -142,12 +142,12 @@ fn quality(a: QualityArgs) -> Result<i32> {
         draws = shard(&draws, part);
     }
     // --report-only trains nothing, so it needs no accelerator.
-    let selected = select(if a.report_only { DeviceChoice::Cpu } else { a.device })?;
+    let (choice, missing) = if a.report_only { (DeviceChoice::Cpu, Missing::Skip) } else { (a.device, Missing::Train) };
+    let selected = select(choice)?;
     let device = if a.report_only { "none (--report-only)".to_string() } else { selected.description.clone() };
     eprintln!("device: {device}; {} draws x {} methods", draws.len(), a.methods.len());
     std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
     let progress = TermProgress::new();
-    let missing = if a.report_only { Missing::Skip } else { Missing::Train };
     let out = run(
         source.as_ref(),
         &draws,
@@ -183,15 +183,13 @@ fn quality(a: QualityArgs) -> Result<i32> {
         "config": cfg, "device": device, "quick": a.quick,
         "missing": out.missing, "summary": summary, "rows": out.rows,
     });
-    let json_path = a.output.join("results.json");
-    h2e::fsutil::write_atomic(&json_path, &serde_json::to_vec_pretty(&json)?)
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    let md = table(&out.rows);
-    let md_path = a.output.join("results.md");
-    h2e::fsutil::write_atomic(&md_path, md.as_bytes()).with_context(|| format!("writing {}", md_path.display()))?;
-    let sm = summary_table(&summary);
-    let sm_path = a.output.join("summary.md");
-    h2e::fsutil::write_atomic(&sm_path, sm.as_bytes()).with_context(|| format!("writing {}", sm_path.display()))?;
+    let (json, md, sm) = (serde_json::to_vec_pretty(&json)?, table(&out.rows), summary_table(&summary));
+    for (name, bytes) in
+        [("results.json", json.as_slice()), ("results.md", md.as_bytes()), ("summary.md", sm.as_bytes())]
+    {
+        let path = a.output.join(name);
+        h2e::fsutil::write_atomic(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
     println!("{md}\n{sm}");
     Ok(0)
 }
