@@ -65,8 +65,48 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render(&e));
             1
         }
+    }
+}
+
+/// An error and its causes on one line, outermost first, separated by
+/// ": ". The library's errors already name their cause in their message
+/// (so a library user's `to_string()` is complete) and also expose it as
+/// `source()`; a cause whose text the line already holds is skipped, so it
+/// is printed once.
+fn render(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+    use anyhow::Context;
+
+    #[test]
+    fn an_io_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::IsADirectory, "Is a directory");
+        let lib = h2e::Error::io("reading", "/x/y.json", io);
+        let e = Err::<(), _>(lib).context("loading saved results").unwrap_err();
+        assert_eq!(render(&e), "loading saved results: reading /x/y.json: Is a directory");
+    }
+
+    #[test]
+    fn distinct_causes_are_all_kept() {
+        let e = Err::<(), _>(anyhow::anyhow!("inner")).context("middle").context("outer").unwrap_err();
+        assert_eq!(render(&e), "outer: middle: inner");
     }
 }
