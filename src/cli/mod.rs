@@ -72,15 +72,16 @@ pub fn main() -> i32 {
 }
 
 /// An error and its causes on one line, outermost first, separated by
-/// ": ". The library's errors already name their cause in their message
+/// ": ". The library's errors already end their message with their cause
 /// (so a library user's `to_string()` is complete) and also expose it as
-/// `source()`; a cause whose text the line already holds is skipped, so it
-/// is printed once.
+/// `source()`; a cause the line already ends with is skipped, so it is
+/// printed once. A cause that only appears inside an earlier message is
+/// still printed.
 fn render(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if line.contains(&text) {
+        if line.ends_with(&text) {
             continue;
         }
         if !line.is_empty() {
@@ -108,5 +109,21 @@ mod tests {
     fn distinct_causes_are_all_kept() {
         let e = Err::<(), _>(anyhow::anyhow!("inner")).context("middle").context("outer").unwrap_err();
         assert_eq!(render(&e), "outer: middle: inner");
+    }
+
+    #[test]
+    fn a_cause_named_inside_an_earlier_message_is_kept() {
+        let e = Err::<(), _>(anyhow::anyhow!("inner")).context("the inner part failed").unwrap_err();
+        assert_eq!(render(&e), "the inner part failed: inner");
+    }
+
+    #[test]
+    fn a_zip_cause_chain_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidInput, "Invalid argument");
+        let zip = zip::result::ZipError::Io(io);
+        let text = zip.to_string();
+        let lib = h2e::Error::Zip { path: "/x/a.zip".into(), source: zip };
+        let e = Err::<(), _>(lib).context("reading /x/a.zip").unwrap_err();
+        assert_eq!(render(&e), format!("reading /x/a.zip: /x/a.zip: invalid zip archive: {text}: Invalid argument"));
     }
 }
