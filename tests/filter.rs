@@ -232,6 +232,28 @@ fn the_binary_writes_csv_and_jsonl_that_parse_back() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("shard"));
 }
 
+/// `--device auto` loads the Vulkan drivers to look for a GPU; in a shell
+/// without `XDG_RUNTIME_DIR` Mesa's would print an error line twice. The
+/// binary sets the variable for itself, so the output stays clean (on a
+/// machine without Mesa there is nothing to print either way).
+#[test]
+fn the_gpu_probe_prints_no_runtime_dir_error() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let n = folder(&data);
+    let id = t.path().join("id.zip");
+    std::fs::write(&id, identifier_bytes()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_h2e"))
+        .args(["filter", id.to_str().unwrap(), data.to_str().unwrap(), "--device", "auto"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run h2e");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1 + n);
+}
+
 #[test]
 fn kept_and_flagged_samples_export_to_a_folder_and_a_bundle() {
     let t = tempfile::tempdir().unwrap();
