@@ -165,8 +165,14 @@ fn parse_csv_line(line: &str) -> Vec<String> {
     out
 }
 
+fn h2e_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_h2e"));
+    c.args(args);
+    c
+}
+
 fn h2e(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_h2e")).args(args).output().expect("run h2e")
+    h2e_command(args).output().expect("run h2e")
 }
 
 #[test]
@@ -243,8 +249,7 @@ fn the_gpu_probe_prints_no_runtime_dir_error() {
     let n = folder(&data);
     let id = t.path().join("id.zip");
     std::fs::write(&id, identifier_bytes()).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_h2e"))
-        .args(["filter", id.to_str().unwrap(), data.to_str().unwrap(), "--device", "auto"])
+    let o = h2e_command(&["filter", id.to_str().unwrap(), data.to_str().unwrap(), "--device", "auto"])
         .env_remove("XDG_RUNTIME_DIR")
         .output()
         .expect("run h2e");
