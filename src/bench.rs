@@ -90,6 +90,10 @@ pub struct BenchRow {
     /// The plain network's test accuracy, as is and with post-hoc logit
     /// adjustment (final round only).
     pub reference: Option<crate::train::ReferenceAccuracy>,
+    /// Model averages' test accuracy (h2e, final round only), see
+    /// [`crate::train::ENSEMBLES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ensembles: Vec<(String, AccuracyMetrics)>,
     /// Wall time of the whole method run in seconds.
     pub seconds: f64,
     /// Backend.
@@ -237,6 +241,7 @@ fn method_rows(draw: &NltConfig, method: Method, report: &TrainReport, seconds: 
                 detection,
                 classifier: if r.round == last { report.classifier.clone() } else { None },
                 reference: if r.round == last { report.reference.clone() } else { None },
+                ensembles: if r.round == last { report.ensembles.clone() } else { Vec::new() },
                 seconds,
                 backend: backend.to_string(),
             });
@@ -274,6 +279,35 @@ pub fn table(rows: &[BenchRow]) -> String {
             r.seconds,
             r.backend
         );
+    }
+    s + &ensemble_table(rows)
+}
+
+/// Balanced test accuracy of the model averages of every row that has
+/// them (h2e with a stage-2 classifier, final round), next to stage 2 and
+/// post-hoc LA; empty when no row has any.
+pub fn ensemble_table(rows: &[BenchRow]) -> String {
+    let rows: Vec<&BenchRow> = rows.iter().filter(|r| !r.ensembles.is_empty() && r.operating_point.is_none()).collect();
+    let Some(first) = rows.first() else { return String::new() };
+    let names: Vec<&str> = first.ensembles.iter().map(|(n, _)| n.as_str()).collect();
+    let mut s = String::from("\nModel averages (balanced test accuracy; members' balanced log-probabilities averaged):\n\n| draw | stage 2 | post-hoc LA |");
+    for n in &names {
+        s += &format!(" {n} |");
+    }
+    s += &format!("\n|---|---|---|{}\n", "---|".repeat(names.len()));
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} |",
+            draw_name(&r.draw),
+            f(r.classifier.as_ref().map(|c| c.balanced_accuracy)),
+            f(r.reference.as_ref().map(|c| c.ce_post_hoc_la.balanced_accuracy))
+        );
+        for n in &names {
+            let v = r.ensembles.iter().find(|(m, _)| m == n).map(|(_, a)| a.balanced_accuracy);
+            s += &format!(" {} |", f(v));
+        }
+        s += "\n";
     }
     s
 }
@@ -583,6 +617,7 @@ mod tests {
             detection: detection(f1, tail),
             classifier: None,
             reference: None,
+            ensembles: Vec::new(),
             seconds: 1.0,
             backend: "cpu".into(),
         }
@@ -668,6 +703,17 @@ mod tests {
         let table = summary_table(&s);
         assert!(table.contains("| +5.0 / +30.0 |"), "imb: 0.9 against 0.85, 0.9 against 0.60\n{table}");
         assert!(table.contains("1 of 2 draws pass"), "{table}");
+    }
+
+    #[test]
+    fn model_averages_get_their_own_table_only_when_measured() {
+        let mut rows = draw_rows(NoiseKind::Pair, (0.8, 0.7), 0.6, 0.75, 0.76);
+        assert!(!table(&rows).contains("Model averages"));
+        let last = rows.iter_mut().find(|r| r.classifier.is_some()).unwrap();
+        last.ensembles = vec![("stage2+plain".into(), accuracy(0.758)), ("plain+backbone".into(), accuracy(0.766))];
+        let t = table(&rows);
+        assert!(t.contains("| draw | stage 2 | post-hoc LA | stage2+plain | plain+backbone |"), "{t}");
+        assert!(t.contains("| pair-rho100-r0.3-s0 | 0.750 | 0.760 | 0.758 | 0.766 |"), "{t}");
     }
 
     #[test]

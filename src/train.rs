@@ -274,6 +274,11 @@ pub struct TrainReport {
     /// adjustment.
     #[serde(default)]
     pub reference: Option<ReferenceAccuracy>,
+    /// Test accuracy of model averages (h2e with a stage-2 classifier):
+    /// `(members, metrics)`, each member's balanced (logit-adjusted)
+    /// log-probabilities averaged; see [`ENSEMBLES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ensembles: Vec<(String, AccuracyMetrics)>,
     /// Total wall time in seconds.
     pub seconds: f64,
     /// Indices (into the training split) flagged by the final round.
@@ -327,6 +332,33 @@ pub(crate) fn read_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f
 fn int_tensor(values: &[usize], device: &Device) -> Tensor<1, Int> {
     let v: Vec<i64> = values.iter().map(|&x| x as i64).collect();
     Tensor::<1, Int>::from_data(TensorData::new(v, [values.len()]), device)
+}
+
+/// The model averages reported for h2e runs with a stage-2 classifier:
+/// indices into (stage-2 classifier, plain network with post-hoc logit
+/// adjustment, final backbone with post-hoc logit adjustment). The first
+/// entry is the final backbone alone, for reference.
+pub const ENSEMBLES: [(&str, &[usize]); 5] = [
+    ("backbone", &[2]),
+    ("stage2+plain", &[0, 1]),
+    ("stage2+backbone", &[0, 2]),
+    ("plain+backbone", &[1, 2]),
+    ("stage2+plain+backbone", &[0, 1, 2]),
+];
+
+/// Rows of class probabilities `p` (`classes` a row) as balanced
+/// log-probabilities: `log_softmax(log p - log_prior)` (post-hoc logit
+/// adjustment), or `log p` when `log_prior` is `None`.
+pub fn balanced_log_probs(p: &[f32], log_prior: Option<&[f32]>, classes: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(p.len());
+    for row in p.chunks(classes) {
+        let z: Vec<f32> =
+            row.iter().enumerate().map(|(k, &v)| v.max(1e-30).ln() - log_prior.map_or(0.0, |l| l[k])).collect();
+        let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
+        out.extend(z.iter().map(|v| v - lse));
+    }
+    out
 }
 
 /// `log pi` from class counts (a class with no samples counts as one, so
@@ -928,6 +960,39 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Test accuracy of every average in [`ENSEMBLES`] of three members:
+    /// the stage-2 classifier, the plain network and the final backbone,
+    /// each with the log prior its logits are adjusted by (`None`: already
+    /// balanced).
+    fn ensembles(
+        &self,
+        test: &TensorSet,
+        counts: &[usize],
+        members: [(&Net, Option<Vec<f32>>); 3],
+    ) -> Result<Vec<(String, AccuracyMetrics)>> {
+        let all: Vec<usize> = (0..test.len()).collect();
+        let c = self.classes;
+        let mut balanced = Vec::new();
+        for (k, (net, lp)) in members.iter().enumerate() {
+            let p = self.probabilities(net, test, &all, &format!("ensemble member {}", k + 1))?;
+            balanced.push(balanced_log_probs(&p, lp.as_deref(), c));
+        }
+        let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
+        let mut out = Vec::new();
+        for (name, which) in ENSEMBLES {
+            let pred: Vec<usize> = (0..test.len())
+                .map(|i| {
+                    let avg: Vec<f32> = (0..c)
+                        .map(|k| which.iter().map(|&m| balanced[m][i * c + k]).sum::<f32>() / which.len() as f32)
+                        .collect();
+                    baselines::argmax(&avg)
+                })
+                .collect();
+            out.push((name.to_string(), metrics::accuracy_metrics(&pred, &truth, counts)?));
+        }
+        Ok(out)
+    }
+
     /// Metrics of each operating point's flags (the configured caps kept)
     /// on one round's scores.
     fn operating_points(
@@ -1106,9 +1171,17 @@ impl<'a> Engine<'a> {
             }
             _ => (None, None),
         };
-        let reference = match (test, plain) {
-            (Some(test), Some(plain)) => Some(self.reference(&plain, test, &counts)?),
+        let reference = match (test, &plain) {
+            (Some(test), Some(plain)) => Some(self.reference(plain, test, &counts)?),
             _ => None,
+        };
+        let ensembles = match (cfg.method, test, &classifier, &plain) {
+            (Method::H2e, Some(test), Some(clf), Some(plain)) => self.ensembles(
+                test,
+                &counts,
+                [(clf, None), (plain, Some(log_prior(&counts))), (&net_ad.valid(), Some(prior.clone()))],
+            )?,
+            _ => Vec::new(),
         };
         let flagged = (0..train.len()).filter(|&i| scores.flagged[i]).collect();
         let report = TrainReport {
@@ -1119,6 +1192,7 @@ impl<'a> Engine<'a> {
             rounds,
             classifier: accuracy,
             reference,
+            ensembles,
             seconds: t0.elapsed().as_secs_f64(),
             flagged,
         };
@@ -1150,6 +1224,28 @@ mod tests {
         // Tiny sets and degenerate input stay positive.
         assert_eq!(same_steps_epochs(1, 128, 10, 5), 1);
         assert_eq!(same_steps_epochs(3, 128, 10, 0), 3);
+    }
+
+    #[test]
+    fn balanced_log_probs_apply_the_prior_and_normalise() {
+        // Two rows over 2 classes; prior 0.9 / 0.1.
+        let p = [0.8f32, 0.2, 0.95, 0.05];
+        let lp = [0.9f32.ln(), 0.1f32.ln()];
+        let b = balanced_log_probs(&p, Some(&lp), 2);
+        for row in b.chunks(2) {
+            let total: f32 = row.iter().map(|v| v.exp()).sum();
+            assert!((total - 1.0).abs() < 1e-5, "{row:?}");
+        }
+        // 0.8 / 0.9 < 0.2 / 0.1: the adjustment turns row 0 to class 1 ...
+        assert!(b[1] > b[0]);
+        // ... and leaves row 1 (0.95 / 0.9 > 0.05 / 0.1) on class 0.
+        assert!(b[2] > b[3]);
+        // Exact value: softmax of (ln 0.8 - ln 0.9, ln 0.2 - ln 0.1).
+        let (a, c) = (0.8f32 / 0.9, 0.2f32 / 0.1);
+        assert!((b[1] - (c / (a + c)).ln()).abs() < 1e-5);
+        // No prior: plain log-probabilities.
+        let plain = balanced_log_probs(&p, None, 2);
+        assert!((plain[0] - 0.8f32.ln()).abs() < 1e-6 && (plain[3] - 0.05f32.ln()).abs() < 1e-6);
     }
 
     #[test]
