@@ -288,8 +288,17 @@ pub fn table(rows: &[BenchRow]) -> String {
 /// post-hoc LA; empty when no row has any.
 pub fn ensemble_table(rows: &[BenchRow]) -> String {
     let rows: Vec<&BenchRow> = rows.iter().filter(|r| !r.ensembles.is_empty() && r.operating_point.is_none()).collect();
-    let Some(first) = rows.first() else { return String::new() };
-    let names: Vec<&str> = first.ensembles.iter().map(|(n, _)| n.as_str()).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    // Every average any row has, in first-seen order (results saved by
+    // older builds may lack some).
+    let mut names: Vec<&str> = Vec::new();
+    for (n, _) in rows.iter().flat_map(|r| &r.ensembles) {
+        if !names.contains(&n.as_str()) {
+            names.push(n);
+        }
+    }
     let mut s = String::from("\nModel averages (balanced test accuracy; members' balanced log-probabilities averaged):\n\n| draw | stage 2 | post-hoc LA |");
     for n in &names {
         s += &format!(" {n} |");
@@ -714,6 +723,16 @@ mod tests {
         let t = table(&rows);
         assert!(t.contains("| draw | stage 2 | post-hoc LA | stage2+plain | plain+backbone |"), "{t}");
         assert!(t.contains("| pair-rho100-r0.3-s0 | 0.750 | 0.760 | 0.758 | 0.766 |"), "{t}");
+        // A second draw measured one more average: it gets a column, and
+        // the first draw a dash there.
+        let mut more = draw_rows(NoiseKind::Imb, (0.9, 0.9), 0.6, 0.79, 0.63);
+        let last = more.iter_mut().find(|r| r.classifier.is_some()).unwrap();
+        last.ensembles = vec![("backbone".into(), accuracy(0.731)), ("stage2+plain".into(), accuracy(0.777))];
+        rows.extend(more);
+        let t = table(&rows);
+        assert!(t.contains("| stage2+plain | plain+backbone | backbone |"), "{t}");
+        assert!(t.contains("| pair-rho100-r0.3-s0 | 0.750 | 0.760 | 0.758 | 0.766 | - |"), "{t}");
+        assert!(t.contains("| imb-rho100-r0.3-s0 | 0.790 | 0.630 | 0.777 | - | 0.731 |"), "{t}");
     }
 
     #[test]
