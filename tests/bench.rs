@@ -43,8 +43,20 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
     for k in ["ce", "ce_post_hoc_la"] {
         assert_eq!(last["reference"][k]["samples"].as_u64(), Some(200), "{k}");
     }
+    // ... and the model averages, every one on the whole test split.
+    let averages = last["ensembles"].as_array().unwrap();
+    let names: Vec<&str> = averages.iter().map(|e| e[0].as_str().unwrap()).collect();
+    let want: Vec<&str> = h2e::train::ENSEMBLES.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, want);
+    assert!(averages.iter().all(|e| e[1]["samples"].as_u64() == Some(200)), "{averages:?}");
+    // results.md: the main table (header, rule, one line a row), then the
+    // averages of the one final h2e row (blank, caption, blank, header,
+    // rule, one line).
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    assert_eq!(md.lines().count(), 2 + rows.len());
+    let (main, averages_md) = md.split_once("\nModel averages").expect("a model-averages table");
+    assert_eq!(main.lines().count(), 2 + rows.len());
+    assert_eq!(averages_md.lines().count(), 5, "{averages_md}");
+    assert!(averages_md.contains("| uniform-rho10-r0.3-s0 |"), "{averages_md}");
     assert!(out.join("draws/uniform-rho10-r0.3-s0.zip").exists());
     // One summary line for the draw, with the baselines and stage 2 in it.
     let summary = json["summary"].as_array().unwrap();
