@@ -275,7 +275,7 @@ pub struct TrainReport {
     #[serde(default)]
     pub reference: Option<ReferenceAccuracy>,
     /// Test accuracy of model averages (h2e with a stage-2 classifier):
-    /// `(members, metrics)`, each member's balanced (logit-adjusted)
+    /// `(name, metrics)`, each member's balanced (logit-adjusted)
     /// log-probabilities averaged; see [`ENSEMBLES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ensembles: Vec<(String, AccuracyMetrics)>,
