@@ -250,7 +250,8 @@ fn method_rows(draw: &NltConfig, method: Method, report: &TrainReport, seconds: 
     rows
 }
 
-/// A markdown table of `rows`.
+/// A markdown table of `rows`, followed by [`ensemble_table`] when any
+/// row has model averages.
 pub fn table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
         "| draw | method | operating point | round | P | R | F1 | F1 head | F1 tail | AUROC | flagged / noisy | bal. acc | few-shot acc | plain / post-hoc LA bal. acc | s | backend |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",

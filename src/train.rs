@@ -329,6 +329,12 @@ pub(crate) fn read_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f
     t.into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| Error::Train(format!("reading {what}: {e:?}")))
 }
 
+/// The labels a test split is scored against: its true labels when it has
+/// them, else its given ones.
+fn test_truth(test: &TensorSet) -> &[usize] {
+    test.true_labels.as_deref().unwrap_or(&test.labels)
+}
+
 fn int_tensor(values: &[usize], device: &Device) -> Tensor<1, Int> {
     let v: Vec<i64> = values.iter().map(|&x| x as i64).collect();
     Tensor::<1, Int>::from_data(TensorData::new(v, [values.len()]), device)
@@ -942,42 +948,38 @@ impl<'a> Engine<'a> {
     }
 
     /// Test accuracy of `plain` as is and with post-hoc logit adjustment.
-    fn reference(&self, plain: &Net, test: &TensorSet, counts: &[usize]) -> Result<ReferenceAccuracy> {
-        let all: Vec<usize> = (0..test.len()).collect();
-        let p = self.probabilities(plain, test, &all, "reference test")?;
-        let lp = log_prior(counts);
+    fn reference(&self, p: &[f32], test: &TensorSet, counts: &[usize]) -> Result<ReferenceAccuracy> {
         let c = self.classes;
-        let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
+        let truth = test_truth(test);
         let plain_pred: Vec<usize> = p.chunks(c).map(baselines::argmax).collect();
         // log p_k - log pi_k ranks classes as z_k - log pi_k does.
-        let la_pred: Vec<usize> = p
-            .chunks(c)
-            .map(|r| baselines::argmax(&r.iter().zip(&lp).map(|(p, l)| p.ln() - l).collect::<Vec<_>>()))
-            .collect();
+        let la_pred: Vec<usize> =
+            balanced_log_probs(p, Some(&log_prior(counts)), c).chunks(c).map(baselines::argmax).collect();
         Ok(ReferenceAccuracy {
-            ce: metrics::accuracy_metrics(&plain_pred, &truth, counts)?,
-            ce_post_hoc_la: metrics::accuracy_metrics(&la_pred, &truth, counts)?,
+            ce: metrics::accuracy_metrics(&plain_pred, truth, counts)?,
+            ce_post_hoc_la: metrics::accuracy_metrics(&la_pred, truth, counts)?,
         })
     }
 
+    /// Class probabilities of `net` on every sample of `test`.
+    fn test_probabilities(&self, net: &Net, test: &TensorSet, name: &str) -> Result<Vec<f32>> {
+        let all: Vec<usize> = (0..test.len()).collect();
+        self.probabilities(net, test, &all, name)
+    }
+
     /// Test accuracy of every average in [`ENSEMBLES`] of three members:
-    /// the stage-2 classifier, the plain network and the final backbone,
-    /// each with the log prior its logits are adjusted by (`None`: already
-    /// balanced).
+    /// the test probabilities of the stage-2 classifier, the plain network
+    /// and the final backbone, each with the log prior its logits are
+    /// adjusted by (`None`: already balanced).
     fn ensembles(
         &self,
         test: &TensorSet,
         counts: &[usize],
-        members: [(&Net, Option<Vec<f32>>); 3],
+        members: [(&[f32], Option<&[f32]>); 3],
     ) -> Result<Vec<(String, AccuracyMetrics)>> {
-        let all: Vec<usize> = (0..test.len()).collect();
         let c = self.classes;
-        let mut balanced = Vec::new();
-        for (k, (net, lp)) in members.iter().enumerate() {
-            let p = self.probabilities(net, test, &all, &format!("ensemble member {}", k + 1))?;
-            balanced.push(balanced_log_probs(&p, lp.as_deref(), c));
-        }
-        let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
+        let balanced: Vec<Vec<f32>> = members.iter().map(|&(p, lp)| balanced_log_probs(p, lp, c)).collect();
+        let truth = test_truth(test);
         let mut out = Vec::new();
         for (name, which) in ENSEMBLES {
             let pred: Vec<usize> = (0..test.len())
@@ -988,7 +990,7 @@ impl<'a> Engine<'a> {
                     baselines::argmax(&avg)
                 })
                 .collect();
-            out.push((name.to_string(), metrics::accuracy_metrics(&pred, &truth, counts)?));
+            out.push((name.to_string(), metrics::accuracy_metrics(&pred, truth, counts)?));
         }
         Ok(out)
     }
@@ -1028,6 +1030,18 @@ impl<'a> Engine<'a> {
         test: &TensorSet,
         scores: &Scores,
     ) -> Result<(Net, AccuracyMetrics)> {
+        let (clf, acc, _) = self.classifier_and_test_probabilities(train, test, scores)?;
+        Ok((clf, acc))
+    }
+
+    /// [`train_classifier`](Self::train_classifier), also returning the
+    /// classifier's test probabilities (row-major `[n, classes]`).
+    fn classifier_and_test_probabilities(
+        &self,
+        train: &TensorSet,
+        test: &TensorSet,
+        scores: &Scores,
+    ) -> Result<(Net, AccuracyMetrics, Vec<f32>)> {
         let cfg = &self.config;
         if scores.flagged.len() != train.len()
             || scores.weight.len() != train.len()
@@ -1043,12 +1057,10 @@ impl<'a> Engine<'a> {
         let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
         let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
         let clf = self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), Some((&weight, &lp)))?.valid();
-        let test_idx: Vec<usize> = (0..test.len()).collect();
-        let p = self.probabilities(&clf, test, &test_idx, "classifier test")?;
+        let p = self.test_probabilities(&clf, test, "classifier test")?;
         let pred: Vec<usize> = p.chunks(self.classes).map(baselines::argmax).collect();
-        let truth = test.true_labels.clone().unwrap_or_else(|| test.labels.clone());
-        let acc = metrics::accuracy_metrics(&pred, &truth, &train.class_counts())?;
-        Ok((clf, acc))
+        let acc = metrics::accuracy_metrics(&pred, test_truth(test), &train.class_counts())?;
+        Ok((clf, acc, p))
     }
 
     /// Runs the configured method on `train`; with `test` and
@@ -1164,23 +1176,33 @@ impl<'a> Engine<'a> {
                 (net, head, log_prior(&counts), scores, Some(valid))
             }
         };
-        let (classifier, accuracy) = match (cfg.classifier, test) {
+        // Each network's test probabilities are computed once and shared
+        // by its accuracy and the model averages.
+        let (classifier, accuracy, clf_probs) = match (cfg.classifier, test) {
             (true, Some(test)) => {
-                let (clf, acc) = self.train_classifier(train, test, &scores)?;
-                (Some(clf), Some(acc))
+                let (clf, acc, p) = self.classifier_and_test_probabilities(train, test, &scores)?;
+                (Some(clf), Some(acc), Some(p))
             }
-            _ => (None, None),
+            _ => (None, None, None),
         };
-        let reference = match (test, &plain) {
-            (Some(test), Some(plain)) => Some(self.reference(plain, test, &counts)?),
+        let plain_probs = match (test, &plain) {
+            (Some(test), Some(plain)) => Some(self.test_probabilities(plain, test, "reference test")?),
             _ => None,
         };
-        let ensembles = match (cfg.method, test, &classifier, &plain) {
-            (Method::H2e, Some(test), Some(clf), Some(plain)) => self.ensembles(
-                test,
-                &counts,
-                [(clf, None), (plain, Some(log_prior(&counts))), (&net_ad.valid(), Some(prior.clone()))],
-            )?,
+        let reference = match (test, &plain_probs) {
+            (Some(test), Some(p)) => Some(self.reference(p, test, &counts)?),
+            _ => None,
+        };
+        let ensembles = match (cfg.method, test, &clf_probs, &plain_probs) {
+            (Method::H2e, Some(test), Some(clf_p), Some(plain_p)) => {
+                let backbone_p = self.test_probabilities(&net_ad.valid(), test, "final backbone test")?;
+                let all_labels = log_prior(&counts);
+                self.ensembles(
+                    test,
+                    &counts,
+                    [(clf_p, None), (plain_p, Some(&all_labels)), (&backbone_p, Some(&prior))],
+                )?
+            }
             _ => Vec::new(),
         };
         let flagged = (0..train.len()).filter(|&i| scores.flagged[i]).collect();
