@@ -947,7 +947,8 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// Test accuracy of `plain` as is and with post-hoc logit adjustment.
+    /// Test accuracy of the plain network from its test probabilities `p`,
+    /// as is and with post-hoc logit adjustment by the prior of `counts`.
     fn reference(&self, p: &[f32], test: &TensorSet, counts: &[usize]) -> Result<ReferenceAccuracy> {
         let c = self.classes;
         let truth = test_truth(test);
@@ -1193,9 +1194,10 @@ impl<'a> Engine<'a> {
             (Some(test), Some(p)) => Some(self.reference(p, test, &counts)?),
             _ => None,
         };
+        let net = net_ad.valid();
         let ensembles = match (cfg.method, test, &clf_probs, &plain_probs) {
             (Method::H2e, Some(test), Some(clf_p), Some(plain_p)) => {
-                let backbone_p = self.test_probabilities(&net_ad.valid(), test, "final backbone test")?;
+                let backbone_p = self.test_probabilities(&net, test, "final backbone test")?;
                 let all_labels = log_prior(&counts);
                 self.ensembles(
                     test,
@@ -1221,7 +1223,7 @@ impl<'a> Engine<'a> {
         Ok(Trained {
             config: cfg.clone(),
             channels: self.channels,
-            net: net_ad.valid(),
+            net,
             head,
             log_prior: prior,
             classifier,
