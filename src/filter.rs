@@ -37,13 +37,13 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::bundle::BundleWriter;
-use crate::data::{resize, Image, Source};
+use crate::data::{resize, Image, Source, TensorSet};
 use crate::error::{Error, Result};
 use crate::fsutil::safe_component;
 use crate::identifier::Identifier;
 use crate::kernels::PackedBatch;
 use crate::progress::{Event, Progress};
-use crate::score::{self, OperatingPoint, Rule, SampleScore};
+use crate::score::{self, OperatingPoint, Rule, SampleScore, Scores};
 
 /// Default number of images decoded and scored together.
 pub const DEFAULT_BATCH: usize = 512;
@@ -227,6 +227,45 @@ pub fn csv_field(s: &str) -> Cow<'_, str> {
 }
 
 impl FilterReport {
+    /// The report of a training run on `set`, in the same columns as a
+    /// filter report: one row per training sample with the final round's
+    /// flags (the ones stage 2 trains around), its adjusted prediction and
+    /// `label_score = 1 - noise_score`. For h2e that is the adjusted
+    /// probability of the given label; for the baselines, one minus the
+    /// detector's own score (small-loss: its probability of being clean).
+    pub fn from_scores(set: &TensorSet, scores: &Scores, seconds: f64) -> Result<FilterReport> {
+        let n = set.len();
+        if [scores.pred.len(), scores.noise_score.len(), scores.flagged.len(), set.paths.len()].iter().any(|&l| l != n)
+        {
+            return Err(Error::Argument(format!(
+                "scores of {} samples (paths: {}) do not match a set of {n}",
+                scores.flagged.len(),
+                set.paths.len()
+            )));
+        }
+        let name = |c: usize| {
+            set.classes
+                .get(c)
+                .cloned()
+                .ok_or_else(|| Error::Argument(format!("class {c} is not below the set's {}", set.classes.len())))
+        };
+        let rows = (0..n)
+            .map(|i| {
+                let noise = scores.noise_score[i];
+                Ok(FilterRow {
+                    path: set.paths[i].clone(),
+                    given_label: name(set.labels[i])?,
+                    predicted_label: name(scores.pred[i])?,
+                    label_score: Some(1.0 - noise),
+                    noise_score: Some(noise),
+                    is_label_issue: scores.flagged[i],
+                    error: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FilterReport { rows, seconds })
+    }
+
     /// Rows flagged as label issues.
     pub fn flagged(&self) -> usize {
         self.rows.iter().filter(|r| r.is_label_issue).count()

@@ -1,4 +1,5 @@
-//! `h2e filter`: a tiny identifier trained on synthetic 8x8 images applied
+//! `h2e filter` (and `h2e train`'s report of its own training set): a tiny
+//! identifier trained on synthetic 8x8 images applied
 //! to ImageFolders and image lists, through the library and the binary.
 
 mod common;
@@ -8,6 +9,7 @@ use h2e::data::{open_source, TensorSet};
 use h2e::filter::{filter_source, FilterOptions, FilterReport, FilterRow, Shard, UnknownClass};
 use h2e::identifier::Identifier;
 use h2e::progress::Silent;
+use h2e::score::Scores;
 use h2e::train::{Engine, Method, TrainConfig};
 use std::path::Path;
 use std::process::Command;
@@ -304,4 +306,106 @@ fn kept_and_flagged_samples_export_to_a_folder_and_a_bundle() {
         std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["clean", "data", "noisy.zip"]);
+}
+
+#[test]
+fn a_training_report_mirrors_the_final_scores_row_by_row() {
+    let set = synthetic();
+    let n = set.len();
+    let scores = Scores {
+        pred: (0..n).map(|i| (set.labels[i] + usize::from(i % 5 == 0)) % 3).collect(),
+        noise_score: (0..n).map(|i| (i % 7) as f32 / 7.0).collect(),
+        flagged: (0..n).map(|i| i % 5 == 0).collect(),
+        weight: vec![1.0; n],
+    };
+    let report = FilterReport::from_scores(&set, &scores, 2.5).unwrap();
+    assert_eq!(report.rows.len(), n);
+    assert_eq!(report.flagged(), scores.flagged.iter().filter(|&&f| f).count());
+    assert_eq!(report.errors(), 0);
+    for (i, r) in report.rows.iter().enumerate() {
+        assert_eq!(r.path, set.paths[i]);
+        assert_eq!(r.given_label, CLASSES[set.labels[i]]);
+        assert_eq!(r.predicted_label, CLASSES[scores.pred[i]]);
+        assert_eq!(r.is_label_issue, scores.flagged[i]);
+        assert_eq!(r.noise_score, Some(scores.noise_score[i]));
+        assert!((r.label_score.unwrap() + scores.noise_score[i] - 1.0).abs() < 1e-6);
+    }
+    // Scores of another set, or a prediction outside the classes, are refused.
+    let mut short = scores.clone();
+    short.flagged.pop();
+    assert!(FilterReport::from_scores(&set, &short, 0.0).is_err());
+    let mut bad = scores;
+    bad.pred[3] = 7;
+    let e = FilterReport::from_scores(&set, &bad, 0.0).unwrap_err().to_string();
+    assert!(e.contains("class 7"), "{e}");
+}
+
+#[test]
+fn train_writes_the_training_sets_report_beside_the_bundle() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let n = folder(&data);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (id, csv, jsonl, html) =
+        (t.path().join("id.zip"), t.path().join("r.csv"), t.path().join("r.jsonl"), t.path().join("r.html"));
+    let tiny = ["--device", "cpu", "--rounds", "1", "--epochs", "1", "--identifier-epochs", "1", "--batch-size", "8"];
+
+    // Bad report paths fail before any training and leave nothing behind.
+    let o = h2e_command(&["train", &s(&data), "-o", &s(&id), "--report", &s(&data)]).args(tiny).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is a folder"));
+    let o = h2e_command(&["train", &s(&data), "-o", &s(&id), "--jsonl", &s(&id)]).args(tiny).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("two outputs"));
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+
+    let o = h2e_command(&[
+        "train",
+        &s(&data),
+        "-o",
+        &s(&id),
+        "--report",
+        &s(&csv),
+        "--jsonl",
+        &s(&jsonl),
+        "--html",
+        &s(&html),
+    ])
+    .args(tiny)
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // The round line says how many training samples were flagged; the CSV agrees.
+    let flagged: usize = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("round 1: flagged ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no round line in {stderr}"));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("path,given_label,predicted_label,label_score,is_label_issue,error"));
+    let rows: Vec<Vec<String>> = lines.map(parse_csv_line).collect();
+    assert_eq!(rows.len(), n);
+    assert_eq!(rows.iter().filter(|r| r[4] == "true").count(), flagged);
+    let mut paths: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    paths.sort();
+    let mut expected: Vec<String> = common::files_under(&data)
+        .iter()
+        .map(|p| p.strip_prefix(&data).unwrap().to_str().unwrap().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(paths, expected);
+    for r in &rows {
+        assert_eq!(r[1], r[0].split('/').next().unwrap(), "{r:?}");
+        assert!(CLASSES.contains(&r[2].as_str()) && r[5].is_empty(), "{r:?}");
+        assert!(r[3].parse::<f32>().is_ok_and(|p| (0.0..=1.0).contains(&p)), "{r:?}");
+    }
+    let json: Vec<serde_json::Value> =
+        std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(json.len(), n);
+    for v in &json {
+        let (l, s) = (v["label_score"].as_f64().unwrap(), v["noise_score"].as_f64().unwrap());
+        assert!((l + s - 1.0).abs() < 1e-5, "{v}");
+    }
+    assert!(std::fs::read_to_string(&html).unwrap().starts_with("<!DOCTYPE html>"));
+    // The bundle and the three reports, no checkpoints or temporaries.
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 5);
 }

@@ -1,14 +1,13 @@
 //! `h2e filter`.
 
+use super::out::ReportFiles;
 use super::term::TermProgress;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use h2e::data::open_source;
 use h2e::device::{select, DeviceChoice};
-use h2e::filter::{evaluate, filter_source, FilterOptions, FilterReport, Shard, UnknownClass, DEFAULT_BATCH};
-use h2e::fsutil::AtomicFile;
+use h2e::filter::{evaluate, filter_source, FilterOptions, Shard, UnknownClass, DEFAULT_BATCH};
 use h2e::identifier::Identifier;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// `h2e filter` flags.
@@ -60,26 +59,6 @@ pub struct FilterArgs {
     pub shard: Shard,
 }
 
-/// Creates an output file up front, so a bad path fails before the work.
-fn create(path: &Path) -> Result<AtomicFile> {
-    if path.is_dir() {
-        bail!("{} is a folder; give a file name", path.display());
-    }
-    AtomicFile::create(path).with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn save(
-    mut file: AtomicFile,
-    report: &FilterReport,
-    write: fn(&FilterReport, &mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
-    let dest = file.dest().to_path_buf();
-    write(report, &mut file).with_context(|| format!("writing {}", dest.display()))?;
-    file.commit().with_context(|| format!("writing {}", dest.display()))?;
-    eprintln!("wrote {}", dest.display());
-    Ok(())
-}
-
 pub fn filter(a: FilterArgs) -> Result<i32> {
     let opts = FilterOptions {
         batch_size: a.batch_size,
@@ -91,9 +70,8 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
         shard: a.shard,
     };
     opts.validate()?;
-    let csv = a.report.as_deref().map(create).transpose()?;
-    let jsonl = a.jsonl.as_deref().map(create).transpose()?;
-    let html = a.html.as_deref().map(create).transpose()?;
+    let exports: Vec<&Path> = [a.clean_out.as_deref(), a.noisy_out.as_deref()].into_iter().flatten().collect();
+    let files = ReportFiles::create(a.report.as_deref(), a.jsonl.as_deref(), a.html.as_deref(), &exports)?;
     for out in [&a.clean_out, &a.noisy_out].into_iter().flatten() {
         h2e::filter::check_export_target(out)?;
     }
@@ -113,26 +91,16 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     let progress = TermProgress::new();
     let report = filter_source(&id, src.as_ref(), &opts, &progress)
         .with_context(|| format!("filtering {} with {}", a.data.display(), a.identifier.display()))?;
-    match (csv, jsonl) {
-        (None, None) => report.write_csv(&mut std::io::stdout().lock()).context("writing the report to stdout")?,
-        (csv, jsonl) => {
-            if let Some(f) = csv {
-                save(f, &report, FilterReport::write_csv)?;
-            }
-            if let Some(f) = jsonl {
-                save(f, &report, FilterReport::write_jsonl)?;
-            }
-        }
+    if files.no_table() {
+        report.write_csv(&mut std::io::stdout().lock()).context("writing the report to stdout")?;
     }
+    files.write(&report, src.as_ref())?;
     for (out, flagged) in [(&a.clean_out, false), (&a.noisy_out, true)] {
         if let Some(out) = out {
             let n = h2e::filter::export(&report, src.as_ref(), flagged, out)
                 .with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {} ({n} {} images)", out.display(), if flagged { "flagged" } else { "kept" });
         }
-    }
-    if let Some(f) = html {
-        super::report::write_html(f, &report, src.as_ref(), h2e::report::DEFAULT_TOP_K)?;
     }
     let n = report.rows.len();
     eprintln!(

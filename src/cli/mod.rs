@@ -6,6 +6,7 @@ mod classify;
 mod data;
 mod filter;
 mod model;
+mod out;
 mod report;
 mod term;
 

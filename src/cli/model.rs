@@ -1,10 +1,12 @@
 //! `h2e train` and `h2e eval`.
 
+use super::out::ReportFiles;
 use super::term::TermProgress;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use h2e::data::{load_train_test, open_source, Source, Split, TensorSet};
 use h2e::device::{select, DeviceChoice};
+use h2e::filter::FilterReport;
 use h2e::identifier::Identifier;
 use h2e::model::BackboneKind;
 use h2e::score::{OperatingPoint, Rule};
@@ -81,6 +83,17 @@ pub struct TrainArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also write the training set's report as CSV, in `h2e filter`'s columns
+    /// (path,given_label,predicted_label,label_score,is_label_issue,error): the final round's
+    /// flags, the ones the stage-2 classifier trains around.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Also write that report as JSON lines (the CSV's fields plus noise_score).
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+    /// Also write it as a self-contained HTML page: per-class bars and the most suspicious images per class.
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
     /// Continue an interrupted run from the checkpoints in OUTPUT.ckpt/
     /// (written after every backbone epoch, removed when the bundle is saved).
     #[arg(long)]
@@ -149,6 +162,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     if a.output.exists() && a.output.is_dir() {
         bail!("{} is a folder; give the identifier bundle's file name (e.g. identifier.zip)", a.output.display());
     }
+    let files = ReportFiles::create(a.report.as_deref(), a.jsonl.as_deref(), a.html.as_deref(), &[&a.output])?;
     let selected = select(a.device)?;
     eprintln!("device: {}", selected.description);
     let progress = TermProgress::new();
@@ -194,12 +208,14 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         );
     }
     let seconds = trained.report.seconds;
+    let report = FilterReport::from_scores(&train, &trained.scores, seconds)?;
     let id = Identifier::from_trained(trained, &train, selected.device)?;
     id.save(&a.output).with_context(|| format!("writing {}", a.output.display()))?;
     if let Err(e) = std::fs::remove_dir_all(&ckpt) {
         log::warn!("could not remove the checkpoint folder {}: {e}", ckpt.display());
     }
     eprintln!("wrote {} ({seconds:.0} s)", a.output.display());
+    files.write(&report, src.as_ref())?;
     Ok(0)
 }
 

@@ -1,14 +1,12 @@
 //! `h2e report` (a filter report as one HTML page) and `h2e merge`
 //! (shard reports into the unsharded report).
 
+use super::out::{create, finish, write_html};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use h2e::data::open_source;
-use h2e::filter::FilterReport;
-use h2e::fsutil::AtomicFile;
-use h2e::report::{merge_shards, read_report, render_html, HtmlOptions, DEFAULT_TOP_K};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use h2e::report::{merge_shards, read_report, DEFAULT_TOP_K};
+use std::path::PathBuf;
 
 /// `h2e report` flags.
 #[derive(Debug, Args)]
@@ -36,29 +34,6 @@ pub struct MergeArgs {
     /// Merged report to write: CSV, or JSON lines when the name ends in .jsonl.
     #[arg(short, long)]
     pub output: PathBuf,
-}
-
-/// Creates an output file up front, so a bad path fails before the work.
-fn create(path: &Path) -> Result<AtomicFile> {
-    if path.is_dir() {
-        bail!("{} is a folder; give a file name", path.display());
-    }
-    AtomicFile::create(path).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Writes `bytes` into `file` and renames it into place.
-fn finish(mut file: AtomicFile, bytes: &[u8]) -> Result<()> {
-    let dest = file.dest().to_path_buf();
-    file.write_all(bytes).with_context(|| format!("writing {}", dest.display()))?;
-    file.commit().with_context(|| format!("writing {}", dest.display()))?;
-    eprintln!("wrote {}", dest.display());
-    Ok(())
-}
-
-/// Renders `report` (about `src`) into the already created `file`.
-pub fn write_html(file: AtomicFile, report: &FilterReport, src: &dyn h2e::data::Source, top: usize) -> Result<()> {
-    let html = render_html(report, Some(src), &HtmlOptions { top_k: top, ..Default::default() });
-    finish(file, html.as_bytes())
 }
 
 pub fn report(a: ReportArgs) -> Result<i32> {
