@@ -120,7 +120,14 @@ fn main() -> Result<()> {
         Rule::AgreementNoiseRate => Rule::Agreement,
         rule => rule,
     };
-    let op = OperatingPoint { rule: a.threshold.map_or(base, Rule::Threshold), max_flag_rate: None, min_per_class: 0 };
+    // A score floor is per sample outside systematic-flip classes, which
+    // one image at a time cannot be told apart: it applies to every class.
+    let op = OperatingPoint {
+        rule: a.threshold.map_or(base, Rule::Threshold),
+        max_flag_rate: None,
+        min_per_class: 0,
+        min_score: id.config().operating_point.min_score,
+    };
     let existed = a.out.exists();
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let canon = |p: &Path| p.canonicalize().with_context(|| format!("cannot open {}", p.display()));

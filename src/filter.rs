@@ -137,6 +137,9 @@ pub struct FilterOptions {
     pub max_flag_rate: Option<f32>,
     /// Never flag so many samples of a class that fewer than this many stay.
     pub min_per_class: Option<usize>,
+    /// Score floor ([`OperatingPoint::min_score`]); `Some(0.0)` removes the
+    /// identifier's.
+    pub min_score: Option<f32>,
     /// Samples of classes the identifier does not know.
     pub unknown_class: UnknownClass,
     /// Which samples to process.
@@ -151,6 +154,7 @@ impl Default for FilterOptions {
             rule: None,
             max_flag_rate: None,
             min_per_class: None,
+            min_score: None,
             unknown_class: UnknownClass::Error,
             shard: Shard::default(),
         }
@@ -172,6 +176,9 @@ impl FilterOptions {
                 self.max_flag_rate.unwrap_or_default()
             )));
         }
+        if self.min_score.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err(Error::Argument(format!("min score {} is outside [0, 1]", self.min_score.unwrap_or_default())));
+        }
         Shard::new(self.shard.index, self.shard.count).map(|_| ())
     }
 
@@ -181,6 +188,11 @@ impl FilterOptions {
             rule: self.threshold.map(Rule::Threshold).or(self.rule).unwrap_or(base.rule),
             max_flag_rate: self.max_flag_rate.or(base.max_flag_rate),
             min_per_class: self.min_per_class.unwrap_or(base.min_per_class),
+            min_score: match self.min_score {
+                Some(t) if t <= 0.0 => None,
+                Some(t) => Some(t),
+                None => base.min_score,
+            },
         }
     }
 }
@@ -675,13 +687,24 @@ mod tests {
 
     #[test]
     fn overrides_replace_only_what_is_given() {
-        let base = OperatingPoint { rule: Rule::Argmax, max_flag_rate: Some(0.5), min_per_class: 3 };
+        let base =
+            OperatingPoint { rule: Rule::Argmax, max_flag_rate: Some(0.5), min_per_class: 3, min_score: Some(0.9) };
         let o = FilterOptions { threshold: Some(0.2), min_per_class: Some(0), ..Default::default() };
         assert_eq!(
             o.operating_point(&base),
-            OperatingPoint { rule: Rule::Threshold(0.2), max_flag_rate: Some(0.5), min_per_class: 0 }
+            OperatingPoint {
+                rule: Rule::Threshold(0.2),
+                max_flag_rate: Some(0.5),
+                min_per_class: 0,
+                min_score: Some(0.9)
+            }
         );
         assert!(FilterOptions { batch_size: 0, ..Default::default() }.validate().is_err());
         assert!(FilterOptions { max_flag_rate: Some(1.5), ..Default::default() }.validate().is_err());
+        // A floor replaces the identifier's; zero removes it.
+        let floor = |t| FilterOptions { min_score: Some(t), ..Default::default() }.operating_point(&base).min_score;
+        assert_eq!(floor(0.95), Some(0.95));
+        assert_eq!(floor(0.0), None);
+        assert!(FilterOptions { min_score: Some(1.5), ..Default::default() }.validate().is_err());
     }
 }

@@ -25,7 +25,7 @@ use crate::metrics::{self, AccuracyMetrics, DetectionMetrics};
 use crate::model::{BackboneKind, Head, Net};
 use crate::progress::{Event, Progress};
 use crate::rng::Rng;
-use crate::score::{self, OperatingPoint, Rule, SampleScore, Scores};
+use crate::score::{self, OperatingPoint, Rule, SampleScore, Scores, SCORE_FLOORS};
 
 /// Upper bound of the learned per-class tau (projected after every
 /// stage-B step; the lower bound is 0, no adjustment).
@@ -218,6 +218,7 @@ impl TrainConfig {
         {
             return bad("momentum must be in [0, 1); weight decay, mixup alpha and IRM lambda must be >= 0".into());
         }
+        self.operating_point.validate()?;
         if let Some(s) = self.input_size {
             if !(8..=1024).contains(&s) {
                 return bad(format!("input size {s} must be within 8..=1024"));
@@ -1006,8 +1007,16 @@ impl<'a> Engine<'a> {
     ) -> Result<Vec<(String, DetectionMetrics)>> {
         let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        for rule in Rule::NAMED {
-            let (name, op) = (rule.to_string(), OperatingPoint { rule, ..self.config.operating_point });
+        // Every named rule with the configured caps, then the default rule
+        // at the score floors under study (issue 7), unless the run already
+        // uses a floor (then its own point is among the named ones).
+        let base = self.config.operating_point;
+        let floors = if base.min_score.is_none() { SCORE_FLOORS.as_slice() } else { &[] };
+        let points = Rule::NAMED.into_iter().map(|rule| OperatingPoint { rule, ..base }).chain(
+            floors.iter().map(|&t| OperatingPoint { rule: Rule::AgreementNoiseRate, min_score: Some(t), ..base }),
+        );
+        for op in points {
+            let name = op.to_string();
             let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
             out.push((
                 name,

@@ -36,6 +36,14 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
     }
     // h2e rounds also report each operating point.
     assert!(rows.iter().any(|r| key(r) == ("h2e".to_string(), 1) && r["operating_point"] == "confident-learning"));
+    // ... and the default rule at each score floor, which only removes flags.
+    let flagged = |name: &str| {
+        let r = rows.iter().find(|r| key(r) == ("h2e".to_string(), 1) && r["operating_point"] == name);
+        r.unwrap_or_else(|| panic!("no {name} row")).pointer("/detection/flagged").and_then(|v| v.as_u64()).unwrap()
+    };
+    for t in h2e::score::SCORE_FLOORS {
+        assert!(flagged(&format!("agreement-noise-rate+min-score={t}")) <= flagged("agreement-noise-rate"), "{t}");
+    }
     // The final h2e round carries the stage-2 classifier's test accuracy.
     let last = rows.iter().find(|r| key(r) == ("h2e".to_string(), 2)).unwrap();
     assert!(last["classifier"]["balanced_accuracy"].as_f64().is_some());

@@ -86,6 +86,12 @@ fn one_row_per_sample_and_a_corrupt_image_is_an_error_row() {
     // A rate cap applies over the scored samples.
     let capped = run(t.path(), &FilterOptions { max_flag_rate: Some(0.25), ..all }).unwrap();
     assert_eq!(capped.flagged(), (n - 1) / 4);
+    // A score floor keeps exactly the flags scored at or above it.
+    let floored = run(t.path(), &FilterOptions { min_score: Some(0.5), ..all }).unwrap();
+    for r in &floored.rows {
+        assert_eq!(r.is_label_issue, r.noise_score.is_some_and(|s| s >= 0.5), "{r:?}");
+    }
+    assert!(FilterOptions { min_score: Some(-0.1), ..all }.validate().is_err());
 }
 
 #[test]

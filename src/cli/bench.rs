@@ -83,6 +83,10 @@ pub struct QualityArgs {
     /// is reported anyway, on this rule's rounds).
     #[arg(long)]
     pub operating_point: Option<h2e::score::Rule>,
+    /// Score floor on h2e's flags between rounds and for its own rows
+    /// (the default rule's floors 0.8, 0.9 and 0.95 are reported anyway).
+    #[arg(long)]
+    pub min_score: Option<f32>,
 }
 
 pub fn bench(cmd: BenchCmd) -> Result<i32> {
@@ -138,6 +142,8 @@ fn quality(a: QualityArgs) -> Result<i32> {
     if let Some(rule) = a.operating_point {
         cfg.operating_point.rule = rule;
     }
+    cfg.operating_point.min_score = a.min_score;
+    cfg.validate()?;
     if let Some(part) = a.shard {
         draws = shard(&draws, part);
     }

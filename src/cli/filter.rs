@@ -45,6 +45,10 @@ pub struct FilterArgs {
     /// Keep at least this many samples of every class unflagged (default: the identifier's).
     #[arg(long)]
     pub min_per_class: Option<usize>,
+    /// Score floor: a flag also needs a noise score of at least this, except in classes
+    /// agreement-noise-rate exempts as a systematic flip (default: the identifier's; 0 removes it).
+    #[arg(long)]
+    pub min_score: Option<f32>,
     /// Samples of classes the identifier does not know: error (refuse the data) or skip (error rows).
     #[arg(long, default_value = "error")]
     pub unknown_class: UnknownClass,
@@ -66,6 +70,7 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
         rule: a.operating_point,
         max_flag_rate: a.max_flag_rate,
         min_per_class: a.min_per_class,
+        min_score: a.min_score,
         unknown_class: a.unknown_class,
         shard: a.shard,
     };

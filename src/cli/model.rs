@@ -80,6 +80,11 @@ pub struct TrainArgs {
     /// Keep at least this many samples of every class.
     #[arg(long, default_value_t = 1)]
     pub min_per_class: usize,
+    /// Score floor: a flag also needs a noise score (1 - label_score) of at
+    /// least this, except in classes agreement-noise-rate exempts as a
+    /// systematic flip. Off by default.
+    #[arg(long)]
+    pub min_score: Option<f32>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -154,6 +159,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             rule: a.threshold.map_or(a.operating_point, Rule::Threshold),
             max_flag_rate: a.max_flag_rate,
             min_per_class: a.min_per_class,
+            min_score: a.min_score,
         },
         seed: a.seed,
         ..TrainConfig::default()
