@@ -185,10 +185,12 @@ pub struct OperatingPoint {
     pub min_per_class: usize,
     /// A score floor: flags also need `noise_score >= min_score`, except
     /// (with [`Rule::AgreementNoiseRate`]) in a class its cap exempts as a
-    /// systematic flip, where the flags are mostly right already. It trims
-    /// the borderline flags (label probability just under the prediction's)
+    /// systematic flip and in the class that flip points at: both sides of
+    /// a flipped pair are ambiguous to the identifier, and there a
+    /// borderline flag is still mostly noise. Elsewhere it trims the
+    /// borderline flags (label probability just under the prediction's)
     /// that the noise-rate cap keeps when it over-estimates a class's
-    /// noise. `None`: no floor.
+    /// noise, mostly clean samples. `None`: no floor.
     pub min_score: Option<f32>,
 }
 
@@ -258,12 +260,14 @@ pub fn apply(
     let agreement = || per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect::<Vec<bool>>();
     // At most the estimated number of noisy samples per class; with
     // `exempt_majority`, no cap in a class estimated to be mostly noise
-    // whose flags look like a systematic flip. Also returns which classes
-    // were exempt.
+    // whose flags look like a systematic flip. Also returns the classes a
+    // score floor leaves alone: the exempt ones and the classes their
+    // flags point at (both sides of a flipped pair).
     let noise_rate_cap = |mut flagged: Vec<bool>, exempt_majority: bool| -> Result<(Vec<bool>, Vec<bool>)> {
         let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
-        let flip = if exempt_majority { flip_shares(per, &flagged, labels, classes) } else { vec![0.0; classes] };
-        let exempt: Vec<bool> = (0..classes).map(|c| rate[c] > MAJORITY_NOISE && flip[c] > SYSTEMATIC_FLIP).collect();
+        let flips = if exempt_majority { flip_shares(per, &flagged, labels, classes) } else { vec![(0.0, 0); classes] };
+        let exempt: Vec<bool> =
+            (0..classes).map(|c| rate[c] > MAJORITY_NOISE && flips[c].0 > SYSTEMATIC_FLIP).collect();
         cap_per_class(per, &mut flagged, labels, classes, |c, n| {
             if exempt[c] {
                 n
@@ -271,10 +275,14 @@ pub fn apply(
                 (rate[c] * n as f64).round() as usize
             }
         });
-        Ok((flagged, exempt))
+        let mut floor_free = exempt.clone();
+        for c in (0..classes).filter(|&c| exempt[c]) {
+            floor_free[flips[c].1] = true;
+        }
+        Ok((flagged, floor_free))
     };
     let none_exempt = || vec![false; classes];
-    let (mut flagged, exempt): (Vec<bool>, Vec<bool>) = match op.rule {
+    let (mut flagged, floor_free): (Vec<bool>, Vec<bool>) = match op.rule {
         Rule::Argmax => (argmax(), none_exempt()),
         Rule::Agreement => (agreement(), none_exempt()),
         Rule::Threshold(t) => (per.iter().map(|s| s.noise_score >= t).collect(), none_exempt()),
@@ -286,7 +294,7 @@ pub fn apply(
     };
     if let Some(floor) = op.min_score {
         for ((f, s), &l) in flagged.iter_mut().zip(per).zip(labels) {
-            if *f && s.noise_score < floor && !exempt.get(l).copied().unwrap_or(false) {
+            if *f && s.noise_score < floor && !floor_free.get(l).copied().unwrap_or(false) {
                 *f = false;
             }
         }
@@ -295,8 +303,9 @@ pub fn apply(
 }
 
 /// Per class, the share of its flagged samples whose adjusted prediction
-/// is the most common one among them (0 for a class without flags).
-fn flip_shares(per: &[SampleScore], flagged: &[bool], labels: &[usize], classes: usize) -> Vec<f64> {
+/// is the most common one among them, and that prediction ((0, 0) for a
+/// class without flags).
+fn flip_shares(per: &[SampleScore], flagged: &[bool], labels: &[usize], classes: usize) -> Vec<(f64, usize)> {
     let mut counts = vec![vec![0usize; classes]; classes];
     for ((s, &f), &l) in per.iter().zip(flagged).zip(labels) {
         if f && l < classes && s.pred < classes {
@@ -307,10 +316,12 @@ fn flip_shares(per: &[SampleScore], flagged: &[bool], labels: &[usize], classes:
         .iter()
         .map(|row| {
             let total: usize = row.iter().sum();
+            // The most common prediction; the lowest class on a tie.
+            let (top, &most) = row.iter().enumerate().rev().max_by_key(|&(_, n)| *n).unwrap_or((0, &0));
             if total == 0 {
-                0.0
+                (0.0, 0)
             } else {
-                *row.iter().max().unwrap_or(&0) as f64 / total as f64
+                (most as f64 / total as f64, top)
             }
         })
         .collect()
@@ -644,28 +655,35 @@ mod tests {
 
     #[test]
     fn a_score_floor_trims_borderline_flags_outside_systematic_flips() {
-        // The mostly-noisy class of the test above: six agreement flags, four
-        // confident (noise score ~0.98) and two borderline (~0.73).
+        // Class 1 is the mostly-noisy class of the test above: six
+        // agreement flags pointing at class 0, four confident (noise score
+        // ~0.98) and two borderline (~0.73). Class 0 (9 samples) has one
+        // borderline flag of its own (sample 8, ~0.69).
         let mut rows = vec![[3.0f32, 0.0]; 8];
+        rows.push([1.0, 1.8]);
         rows.extend([[4.0, 0.0], [4.1, 0.0], [4.2, 0.0], [4.3, 0.0], [1.5, 0.5], [1.4, 0.5], [0.0, 3.0], [0.2, 2.0]]);
         let logits: Vec<f32> = rows.concat();
-        let labels: Vec<usize> = [vec![0; 8], vec![1; 8]].concat();
+        let labels: Vec<usize> = [vec![0; 9], vec![1; 8]].concat();
         let zero = [0.0; 2];
         let op = |rule, min_score| OperatingPoint { rule, min_per_class: 0, min_score, ..Default::default() };
         let agree = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::Agreement, None)).unwrap();
+        assert_eq!(agree.flagged.iter().filter(|&&f| f).count(), 7, "{:?}", agree.flagged);
         let floored = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::Agreement, Some(0.9))).unwrap();
         // Without an exemption the floor drops exactly the flags scored under it.
-        for i in 0..16 {
+        for i in 0..17 {
             assert_eq!(floored.flagged[i], agree.flagged[i] && agree.noise_score[i] >= 0.9, "sample {i}");
         }
-        assert_eq!(floored.flagged[8..].iter().filter(|&&f| f).count(), 4);
-        assert!(!floored.flagged[12] && !floored.flagged[13]);
+        assert_eq!(floored.flagged.iter().filter(|&&f| f).count(), 4);
+        assert!(!floored.flagged[8] && !floored.flagged[13] && !floored.flagged[14]);
         // Dropped flags become kept samples with a confidence weight.
-        assert!(floored.weight[12] >= 0.5);
-        // Agreement-noise-rate exempts this class (a systematic flip): its
-        // six flags stay whatever the floor.
-        let anr = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::AgreementNoiseRate, Some(0.9))).unwrap();
+        assert!(floored.weight[13] >= 0.5);
+        // Agreement-noise-rate exempts class 1 (a systematic flip into
+        // class 0): neither side of the pair gets the floor, and every
+        // flag stays.
+        let anr = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::AgreementNoiseRate, None)).unwrap();
         assert_eq!(anr.flagged, agree.flagged);
+        let anr9 = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::AgreementNoiseRate, Some(0.9))).unwrap();
+        assert_eq!(anr9.flagged, agree.flagged);
         // A floor of 0 changes nothing; the name carries the floor.
         let none = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::Agreement, Some(0.0))).unwrap();
         assert_eq!(none.flagged, agree.flagged);
@@ -674,6 +692,37 @@ mod tests {
         assert!(op(Rule::Argmax, Some(1.5)).validate().is_err());
         assert!(op(Rule::Threshold(-0.1), None).validate().is_err());
         assert!(op(Rule::AgreementNoiseRate, Some(0.9)).validate().is_ok());
+    }
+
+    #[test]
+    fn the_floor_applies_to_classes_outside_a_flipped_pair() {
+        // Three classes: class 1 is a systematic flip into class 0 (as
+        // above); class 2 has one borderline flag pointing at class 0.
+        // Classes 0 and 1 are floor-free, class 2 is not.
+        // Class 0's own samples are not confident (p0 0.67), so the
+        // borderline class-2 sample (p0 0.7, p2 0.2) counts as noise in
+        // confident learning's estimate and survives class 2's cap.
+        let mut rows = vec![[1.4f32, 0.0, 0.0]; 8];
+        rows.extend([[4.0, 0.0, 0.0], [4.1, 0.0, 0.0], [4.2, 0.0, 0.0], [4.3, 0.0, 0.0]]);
+        rows.extend([[1.5, 0.5, 0.0], [1.4, 0.5, 0.0], [0.0, 3.0, 0.0], [0.2, 2.0, 0.0]]);
+        rows.extend(vec![[0.0, 0.0, 3.0]; 8]);
+        rows.push([7f32.ln(), 0.0, 2f32.ln()]);
+        let logits: Vec<f32> = rows.concat();
+        let labels: Vec<usize> = [vec![0; 8], vec![1; 8], vec![2; 9]].concat();
+        let zero = [0.0; 3];
+        let op = |min_score| OperatingPoint {
+            rule: Rule::AgreementNoiseRate,
+            min_per_class: 0,
+            min_score,
+            ..Default::default()
+        };
+        let anr = score_logits(&logits, 3, &labels, &zero, &zero, &op(None)).unwrap();
+        let anr9 = score_logits(&logits, 3, &labels, &zero, &zero, &op(Some(0.9))).unwrap();
+        assert!(anr.flagged[24] && anr.noise_score[24] < 0.9, "{:?}", anr.flagged);
+        assert!(anr.flagged[12] && anr.noise_score[12] < 0.9, "{:?}", anr.flagged);
+        // Class 2's borderline flag goes; class 1's stays.
+        assert!(!anr9.flagged[24] && anr9.flagged[12]);
+        assert_eq!(anr9.flagged[..24], anr.flagged[..24]);
     }
 
     #[test]
@@ -712,6 +761,6 @@ mod tests {
         assert_eq!(count(&anr.flagged), (rate[2] * 9.0).round() as usize);
         assert!(anr.flagged.iter().zip(&agree.flagged).all(|(a, g)| !a || *g));
         let per = per_samples(&logits, 3, &labels, &zero, &zero);
-        assert_eq!(flip_shares(&per, &agree.flagged, &labels, 3)[2], 0.5);
+        assert_eq!(flip_shares(&per, &agree.flagged, &labels, 3)[2], (0.5, 0));
     }
 }
