@@ -190,7 +190,9 @@ pub struct OperatingPoint {
     /// borderline flag is still mostly noise. Elsewhere it trims the
     /// borderline flags (label probability just under the prediction's)
     /// that the noise-rate cap keeps when it over-estimates a class's
-    /// noise, mostly clean samples. `None`: no floor.
+    /// noise, mostly clean samples. Training applies it to the final
+    /// round's flags only ([`crate::train::round_operating_point`]).
+    /// `None`: no floor.
     pub min_score: Option<f32>,
 }
 

@@ -101,6 +101,28 @@ fn h2e_rounds_on_the_cpu_find_noise_and_round_trip_through_a_bundle() {
 }
 
 #[test]
+fn a_score_floor_applies_to_the_final_flags_only() {
+    // Floor 1: no flag survives it outside a flipped pair. Round 1 still
+    // drops what the floor-free rule flags; the final round keeps fewer.
+    let set = synthetic(1);
+    let cfg = tiny(Method::H2e);
+    let op = h2e::score::OperatingPoint { min_score: Some(1.0), ..cfg.operating_point };
+    let trained = run(&Device::flex(), TrainConfig { operating_point: op, ..cfg }, &set);
+    let rounds = &trained.report.rounds;
+    let row = |r: usize, name: &str| {
+        let found = rounds[r].operating_points.iter().find(|(n, _)| n == name);
+        found.unwrap_or_else(|| panic!("round {r} lacks {name}")).1.flagged
+    };
+    assert!(row(0, "agreement-noise-rate") > 0);
+    assert_eq!(rounds[0].flagged, row(0, "agreement-noise-rate"));
+    assert_eq!(rounds[1].train_samples, set.len() - rounds[0].flagged);
+    assert!(rounds[1].flagged < row(1, "agreement-noise-rate"), "{} flags", rounds[1].flagged);
+    assert_eq!(trained.scores.flagged.iter().filter(|&&f| f).count(), rounds[1].flagged);
+    assert_eq!(h2e::train::round_operating_point(&op, 1, 2).min_score, None);
+    assert_eq!(h2e::train::round_operating_point(&op, 2, 2), op);
+}
+
+#[test]
 fn same_seed_same_flags_on_the_cpu() {
     let set = synthetic(2);
     let cfg = TrainConfig { rounds: 1, epochs: 2, ..tiny(Method::H2e) };

@@ -45,8 +45,8 @@ pub struct FilterArgs {
     /// Keep at least this many samples of every class unflagged (default: the identifier's).
     #[arg(long)]
     pub min_per_class: Option<usize>,
-    /// Score floor: a flag also needs a noise score of at least this, except in classes
-    /// agreement-noise-rate exempts as a systematic flip (default: the identifier's; 0 removes it).
+    /// Score floor: a flag also needs a noise score of at least this, except on both sides of a
+    /// systematic flip that agreement-noise-rate exempts (default: the identifier's; 0 removes it).
     #[arg(long)]
     pub min_score: Option<f32>,
     /// Samples of classes the identifier does not know: error (refuse the data) or skip (error rows).

@@ -80,9 +80,10 @@ pub struct TrainArgs {
     /// Keep at least this many samples of every class.
     #[arg(long, default_value_t = 1)]
     pub min_per_class: usize,
-    /// Score floor: a flag also needs a noise score (1 - label_score) of at
-    /// least this, except in classes agreement-noise-rate exempts as a
-    /// systematic flip. Off by default.
+    /// Score floor on the final flags (the saved identifier's and stage 2's;
+    /// rounds before the last drop flags without it): a flag also needs a
+    /// noise score (1 - label_score) of at least this, except on both sides
+    /// of a systematic flip that agreement-noise-rate exempts. Off by default.
     #[arg(long)]
     pub min_score: Option<f32>,
     /// Seed of every random choice.
