@@ -167,18 +167,15 @@ impl FilterOptions {
         if self.batch_size == 0 {
             return Err(Error::Argument("batch size must be positive".into()));
         }
-        if self.threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
-            return Err(Error::Argument(format!("threshold {} is outside [0, 1]", self.threshold.unwrap_or_default())));
+        // The overrides as given (before `operating_point` maps a zero
+        // floor to none), checked by the operating point's own ranges.
+        OperatingPoint {
+            rule: self.threshold.map(Rule::Threshold).or(self.rule).unwrap_or_default(),
+            max_flag_rate: self.max_flag_rate,
+            min_per_class: 0,
+            min_score: self.min_score,
         }
-        if self.max_flag_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-            return Err(Error::Argument(format!(
-                "max flag rate {} is outside [0, 1]",
-                self.max_flag_rate.unwrap_or_default()
-            )));
-        }
-        if self.min_score.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
-            return Err(Error::Argument(format!("min score {} is outside [0, 1]", self.min_score.unwrap_or_default())));
-        }
+        .validate()?;
         Shard::new(self.shard.index, self.shard.count).map(|_| ())
     }
 

@@ -433,5 +433,6 @@ fn read_config(zip: &mut SafeZip) -> Result<IdentifierConfig> {
     if !(1..=3).contains(&config.channels) || config.channels == 2 || config.input_size == 0 {
         return Err(Error::invalid(&member, "config.json", "channels must be 1 or 3 and input_size positive"));
     }
+    config.operating_point.validate().map_err(|e| Error::invalid(&member, "config.json", e.to_string()))?;
     Ok(config)
 }

@@ -303,6 +303,17 @@ fn bad_identifier_bundles_are_clear_errors() {
     std::fs::write(&cut, common::raw_zip(&entries)).unwrap();
     let e = Identifier::open(&cut, dev.clone()).unwrap_err().to_string();
     assert!(e.contains("cut.zip!model.safetensors"), "{e}");
+    // An operating point out of range in config.json (hand-edited).
+    let mut config: serde_json::Value = serde_json::from_slice(&members[0].1).unwrap();
+    assert_eq!(members[0].0, "config.json");
+    config["operating_point"]["min_score"] = serde_json::json!(5.0);
+    let edited = serde_json::to_vec(&config).unwrap();
+    let mut entries = entries.clone();
+    entries[0].1 = &edited;
+    let floor = dir.path().join("floor.zip");
+    std::fs::write(&floor, common::raw_zip(&entries)).unwrap();
+    let e = Identifier::open(&floor, dev.clone()).unwrap_err().to_string();
+    assert!(e.contains("floor.zip!config.json") && e.contains("min score 5 is outside [0, 1]"), "{e}");
     // Saving into a missing folder fails without leaving anything.
     let e = id.save(&dir.path().join("no/such/dir/x.zip")).unwrap_err().to_string();
     assert!(e.contains("x.zip"), "{e}");

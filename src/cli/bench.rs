@@ -83,8 +83,8 @@ pub struct QualityArgs {
     /// is reported anyway, on this rule's rounds).
     #[arg(long)]
     pub operating_point: Option<h2e::score::Rule>,
-    /// Score floor on h2e's flags between rounds and for its own rows
-    /// (the default rule's floors 0.8, 0.9 and 0.95 are reported anyway).
+    /// Score floor on h2e's final flags, its own rows (the default rule's
+    /// floors 0.8, 0.9 and 0.95 are reported anyway, in every round).
     #[arg(long)]
     pub min_score: Option<f32>,
 }
