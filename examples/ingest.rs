@@ -15,9 +15,11 @@
 //! - `OUT_DIR/clean/<class>/<file>` when the identifier accepts its label, or
 //! - `OUT_DIR/quarantine/<class>/<file>` when the label looks wrong (the
 //!   identifier's rule, with `argmax` for `confident-learning` and
-//!   `noise-rate` since those decide over a whole set; or `noise_score >= T` with
-//!   `--threshold T`), the class is unknown to the identifier, or the file
-//!   is not a readable image.
+//!   `noise-rate` and `agreement` for `agreement-noise-rate` since those
+//!   decide over a whole set, and its score floor outside the classes that
+//!   the final training round found systematically flipped; or
+//!   `noise_score >= T` with `--threshold T`), the class is unknown to the
+//!   identifier, or the file is not a readable image.
 //!
 //! Hidden files and anything not at `<class>/<file>` are skipped. Since each
 //! image is decided alone, the identifier's global caps (maximum flag rate,
@@ -69,9 +71,16 @@ struct Decision {
 }
 
 /// Scores one image against its label; `Ok((clean, predicted, noise, reason))`.
+/// The identifier's score floor and the classes it spares.
+struct Floor {
+    min_score: f32,
+    free: Vec<bool>,
+}
+
 fn check(
     id: &Identifier,
     op: &OperatingPoint,
+    floor: Option<&Floor>,
     bytes: &[u8],
     name: &str,
     label: usize,
@@ -81,7 +90,8 @@ fn check(
     let mut batch = PackedBatch::new(id.channels())?;
     batch.push(s, s, &image.pixels)?;
     let score = id.score_batch(&batch, &[Some(label)])?[0];
-    let flagged = score::apply(&[score], None, &[label], id.classes().len(), op)?.flagged[0];
+    let floored = floor.is_some_and(|f| score.noise_score < f.min_score && !f.free[label]);
+    let flagged = score::apply(&[score], None, &[label], id.classes().len(), op)?.flagged[0] && !floored;
     let predicted = id.classes()[score.pred].clone();
     let reason = match (flagged, op.rule) {
         (false, _) => String::new(),
@@ -120,13 +130,30 @@ fn main() -> Result<()> {
         Rule::AgreementNoiseRate => Rule::Agreement,
         rule => rule,
     };
-    // A score floor is per sample outside systematic-flip classes, which
-    // one image at a time cannot be told apart: it applies to every class.
     let op = OperatingPoint {
         rule: a.threshold.map_or(base, Rule::Threshold),
         max_flag_rate: None,
         min_per_class: 0,
-        min_score: id.config().operating_point.min_score,
+        min_score: None,
+        floor_exempt: id.config().operating_point.floor_exempt,
+    };
+    // The identifier's score floor spares the classes of systematic flips,
+    // which one image cannot show: take them from what the final training
+    // round saw over the whole training set (an identifier saved without
+    // that record floors every class).
+    let saved = &id.config().operating_point;
+    let floor = match (a.threshold, saved.min_score) {
+        (None, Some(t)) => {
+            let estimates = id.report().and_then(|r| r.rounds.last()).map(|r| r.class_estimates.as_slice());
+            let free = match estimates {
+                Some(e) if saved.rule == Rule::AgreementNoiseRate && e.len() == id.classes().len() => {
+                    score::floor_free_classes(e, saved.floor_exempt)
+                }
+                _ => vec![false; id.classes().len()],
+            };
+            Some(Floor { min_score: t, free })
+        }
+        _ => None,
     };
     let existed = a.out.exists();
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
@@ -167,7 +194,7 @@ fn main() -> Result<()> {
                     None,
                     format!("unknown class {class} (the identifier knows {})", id.classes().join(", ")),
                 ),
-                Some(l) => match check(&id, &op, &bytes, &name, l) {
+                Some(l) => match check(&id, &op, floor.as_ref(), &bytes, &name, l) {
                     Ok((clean, p, s, r)) => (clean, p, Some(s), r),
                     Err(e) => (false, String::new(), None, format!("unreadable: {e}")),
                 },

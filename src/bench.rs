@@ -94,6 +94,10 @@ pub struct BenchRow {
     /// [`crate::train::ENSEMBLES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ensembles: Vec<(String, AccuracyMetrics)>,
+    /// What the default rule's cap and floor saw per class in this round
+    /// (h2e, the method's own row only), see [`crate::score::ClassEstimate`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_estimates: Vec<crate::score::ClassEstimate>,
     /// Wall time of the whole method run in seconds.
     pub seconds: f64,
     /// Backend.
@@ -233,6 +237,7 @@ fn method_rows(draw: &NltConfig, method: Method, report: &TrainReport, seconds: 
         let mut variants = vec![(None, detection)];
         variants.extend(r.operating_points.iter().map(|(name, m)| (Some(name.clone()), m.clone())));
         for (operating_point, detection) in variants {
+            let own_rule = operating_point.is_none();
             rows.push(BenchRow {
                 draw: draw.clone(),
                 method,
@@ -242,6 +247,7 @@ fn method_rows(draw: &NltConfig, method: Method, report: &TrainReport, seconds: 
                 classifier: if r.round == last { report.classifier.clone() } else { None },
                 reference: if r.round == last { report.reference.clone() } else { None },
                 ensembles: if r.round == last { report.ensembles.clone() } else { Vec::new() },
+                class_estimates: if own_rule { r.class_estimates.clone() } else { Vec::new() },
                 seconds,
                 backend: backend.to_string(),
             });
@@ -628,6 +634,7 @@ mod tests {
             classifier: None,
             reference: None,
             ensembles: Vec::new(),
+            class_estimates: Vec::new(),
             seconds: 1.0,
             backend: "cpu".into(),
         }

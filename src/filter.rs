@@ -43,7 +43,7 @@ use crate::fsutil::safe_component;
 use crate::identifier::Identifier;
 use crate::kernels::PackedBatch;
 use crate::progress::{Event, Progress};
-use crate::score::{self, OperatingPoint, Rule, SampleScore, Scores};
+use crate::score::{self, FloorExempt, OperatingPoint, Rule, SampleScore, Scores};
 
 /// Default number of images decoded and scored together.
 pub const DEFAULT_BATCH: usize = 512;
@@ -140,6 +140,8 @@ pub struct FilterOptions {
     /// Score floor ([`OperatingPoint::min_score`]); `Some(0.0)` removes the
     /// identifier's.
     pub min_score: Option<f32>,
+    /// Which classes the score floor spares ([`OperatingPoint::floor_exempt`]).
+    pub floor_exempt: Option<FloorExempt>,
     /// Samples of classes the identifier does not know.
     pub unknown_class: UnknownClass,
     /// Which samples to process.
@@ -155,6 +157,7 @@ impl Default for FilterOptions {
             max_flag_rate: None,
             min_per_class: None,
             min_score: None,
+            floor_exempt: None,
             unknown_class: UnknownClass::Error,
             shard: Shard::default(),
         }
@@ -174,22 +177,29 @@ impl FilterOptions {
             max_flag_rate: self.max_flag_rate,
             min_per_class: 0,
             min_score: self.min_score,
+            floor_exempt: self.floor_exempt.unwrap_or_default(),
         }
         .validate()?;
         Shard::new(self.shard.index, self.shard.count).map(|_| ())
     }
 
-    /// `base` (an identifier's operating point) with these overrides.
+    /// `base` (an identifier's operating point) with these overrides. A
+    /// rule or threshold override brings that rule's default score floor
+    /// ([`score::default_min_score`]) instead of the identifier's, unless a
+    /// floor is given too.
     pub fn operating_point(&self, base: &OperatingPoint) -> OperatingPoint {
+        let overridden = self.threshold.map(Rule::Threshold).or(self.rule);
         OperatingPoint {
-            rule: self.threshold.map(Rule::Threshold).or(self.rule).unwrap_or(base.rule),
+            rule: overridden.unwrap_or(base.rule),
             max_flag_rate: self.max_flag_rate.or(base.max_flag_rate),
             min_per_class: self.min_per_class.unwrap_or(base.min_per_class),
-            min_score: match self.min_score {
-                Some(t) if t <= 0.0 => None,
-                Some(t) => Some(t),
-                None => base.min_score,
+            min_score: match (self.min_score, overridden) {
+                (Some(t), _) if t <= 0.0 => None,
+                (Some(t), _) => Some(t),
+                (None, Some(rule)) => score::default_min_score(rule),
+                (None, None) => base.min_score,
             },
+            floor_exempt: self.floor_exempt.unwrap_or(base.floor_exempt),
         }
     }
 }
@@ -684,8 +694,13 @@ mod tests {
 
     #[test]
     fn overrides_replace_only_what_is_given() {
-        let base =
-            OperatingPoint { rule: Rule::Argmax, max_flag_rate: Some(0.5), min_per_class: 3, min_score: Some(0.9) };
+        let base = OperatingPoint {
+            rule: Rule::Argmax,
+            max_flag_rate: Some(0.5),
+            min_per_class: 3,
+            min_score: Some(0.9),
+            floor_exempt: FloorExempt::AnyFlip,
+        };
         let o = FilterOptions { threshold: Some(0.2), min_per_class: Some(0), ..Default::default() };
         assert_eq!(
             o.operating_point(&base),
@@ -693,15 +708,25 @@ mod tests {
                 rule: Rule::Threshold(0.2),
                 max_flag_rate: Some(0.5),
                 min_per_class: 0,
-                min_score: Some(0.9)
+                min_score: None,
+                floor_exempt: FloorExempt::AnyFlip,
             }
         );
+        let majority = FilterOptions { floor_exempt: Some(FloorExempt::MajorityFlip), ..Default::default() };
+        assert_eq!(majority.operating_point(&base).floor_exempt, FloorExempt::MajorityFlip);
         assert!(FilterOptions { batch_size: 0, ..Default::default() }.validate().is_err());
         assert!(FilterOptions { max_flag_rate: Some(1.5), ..Default::default() }.validate().is_err());
         // A floor replaces the identifier's; zero removes it.
         let floor = |t| FilterOptions { min_score: Some(t), ..Default::default() }.operating_point(&base).min_score;
         assert_eq!(floor(0.95), Some(0.95));
         assert_eq!(floor(0.0), None);
+        // Without one, the identifier's floor stays with its rule; another
+        // rule brings its own default (none for a threshold or argmax).
+        assert_eq!(FilterOptions::default().operating_point(&base).min_score, Some(0.9));
+        assert_eq!(o.operating_point(&base).min_score, None);
+        let rule = |r| FilterOptions { rule: Some(r), ..Default::default() }.operating_point(&base).min_score;
+        assert_eq!(rule(Rule::Argmax), None);
+        assert_eq!(rule(Rule::AgreementNoiseRate), Some(crate::score::DEFAULT_MIN_SCORE));
         assert!(FilterOptions { min_score: Some(1.5), ..Default::default() }.validate().is_err());
     }
 }

@@ -4,8 +4,10 @@
 //! label prior `pi`, the adjusted logits are `z - tau * log(pi)`. With
 //! `p = softmax(adjusted)`:
 //! - `pred = argmax p`; the `argmax` rule flags a sample when `pred != label`,
-//!   the default `confident-learning` rule flags the subset of those that
-//!   cleanlab's prune-by-noise-rate picks from the adjusted probabilities;
+//!   the other rules ([`Rule`]) a subset of those, decided per class (the
+//!   default, `agreement-noise-rate`, also needs the plain prediction to
+//!   differ, caps each class at its estimated noise and drops flags under a
+//!   score floor outside systematic flips);
 //! - `noise_score = 1 - p[label]`, in [0, 1], monotone in the identifier's
 //!   belief that the label is wrong (used for ranking, AUROC, `--threshold`);
 //! - `weight` is 0.01 for flagged samples, and for the others the max
@@ -30,6 +32,20 @@ pub const MAJORITY_NOISE: f64 = 0.5;
 /// gets a high estimated noise rate, but its doubtful samples spread over
 /// several look-alike classes, and there the cap stays.
 pub const SYSTEMATIC_FLIP: f64 = 0.5;
+
+/// The default score floor ([`OperatingPoint::min_score`]): on the H200
+/// grid of 2026-12-04 (28 draws, both seeds) the default rule with this
+/// floor and [`FloorExempt::AnyFlip`] was never below the rule without a
+/// floor overall, and up to 4.5 points above it.
+/// Operating points saved without the field keep none.
+pub const DEFAULT_MIN_SCORE: f32 = 0.9;
+
+/// The default score floor of a rule: [`DEFAULT_MIN_SCORE`] for
+/// [`Rule::AgreementNoiseRate`], whose systematic-flip test it was measured
+/// with; none for the others (a threshold is its own floor).
+pub fn default_min_score(rule: Rule) -> Option<f32> {
+    (rule == Rule::AgreementNoiseRate).then_some(DEFAULT_MIN_SCORE)
+}
 
 /// The score floors ([`OperatingPoint::min_score`]) on the default rule that
 /// every h2e round reports besides the named rules, so that a benchmark
@@ -173,6 +189,49 @@ impl std::str::FromStr for Rule {
     }
 }
 
+/// Which classes a score floor ([`OperatingPoint::min_score`]) leaves
+/// alone. Only [`Rule::AgreementNoiseRate`] computes flips; under the other
+/// rules the floor applies to every class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FloorExempt {
+    /// The classes the noise-rate cap exempts (estimated noise rate over
+    /// [`MAJORITY_NOISE`] and flags a systematic flip) and the classes
+    /// their flips point at. What operating points saved before this
+    /// choice existed read as.
+    MajorityFlip,
+    /// Every class whose flags look like a systematic flip
+    /// ([`SYSTEMATIC_FLIP`]), whatever its estimated noise rate, and the
+    /// classes they point at. Pair noise between classes of similar size
+    /// leaves the smaller side's estimate near 0.5, where
+    /// [`FloorExempt::MajorityFlip`] can floor both sides of the pair. The
+    /// default.
+    #[default]
+    AnyFlip,
+}
+
+impl std::fmt::Display for FloorExempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FloorExempt::MajorityFlip => "majority-flip",
+            FloorExempt::AnyFlip => "any-flip",
+        })
+    }
+}
+
+impl std::str::FromStr for FloorExempt {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<FloorExempt> {
+        match s {
+            "majority-flip" => Ok(FloorExempt::MajorityFlip),
+            "any-flip" => Ok(FloorExempt::AnyFlip),
+            _ => Err(crate::Error::Argument(format!(
+                "unknown floor exemption {s:?}; expected majority-flip or any-flip"
+            ))),
+        }
+    }
+}
+
 /// Operating point: the rule plus caps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -184,31 +243,53 @@ pub struct OperatingPoint {
     /// Never flag so many samples of a class that fewer than this many stay.
     pub min_per_class: usize,
     /// A score floor: flags also need `noise_score >= min_score`, except
-    /// (with [`Rule::AgreementNoiseRate`]) in a class its cap exempts as a
-    /// systematic flip and in the class that flip points at: both sides of
-    /// a flipped pair are ambiguous to the identifier, and there a
-    /// borderline flag is still mostly noise. Elsewhere it trims the
+    /// (with [`Rule::AgreementNoiseRate`]) in a class whose flags look like
+    /// a systematic flip ([`FloorExempt`] says which) and in the class that
+    /// flip points at: both sides of a flipped pair are ambiguous to the
+    /// identifier, and there a borderline flag is still mostly noise. Elsewhere it trims the
     /// borderline flags (label probability just under the prediction's)
     /// that the noise-rate cap keeps when it over-estimates a class's
     /// noise, mostly clean samples. Training applies it to the final
     /// round's flags only ([`crate::train::round_operating_point`]).
-    /// `None`: no floor.
+    /// `None`: no floor; the default is [`DEFAULT_MIN_SCORE`] (a saved
+    /// operating point without the field has none, as it was saved).
+    #[serde(default)]
     pub min_score: Option<f32>,
+    /// Which classes the score floor spares (a saved operating point
+    /// without the field reads as [`FloorExempt::MajorityFlip`], the only
+    /// exemption when it was saved).
+    #[serde(default = "FloorExempt::saved_before_choice")]
+    pub floor_exempt: FloorExempt,
+}
+
+impl FloorExempt {
+    /// The exemption of operating points saved before there was a choice.
+    fn saved_before_choice() -> FloorExempt {
+        FloorExempt::MajorityFlip
+    }
 }
 
 impl Default for OperatingPoint {
     fn default() -> Self {
-        OperatingPoint { rule: Rule::default(), max_flag_rate: None, min_per_class: 1, min_score: None }
+        OperatingPoint {
+            rule: Rule::default(),
+            max_flag_rate: None,
+            min_per_class: 1,
+            min_score: Some(DEFAULT_MIN_SCORE),
+            floor_exempt: FloorExempt::default(),
+        }
     }
 }
 
 impl std::fmt::Display for OperatingPoint {
     /// The rule, plus the score floor when there is one (the name the
-    /// quality benchmark reports): `agreement-noise-rate+min-score=0.9`.
+    /// quality benchmark reports): `agreement-noise-rate+min-score=0.9`,
+    /// with `+any-flip` when the floor spares every flipped class.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.min_score {
-            Some(t) => write!(f, "{}+min-score={t}", self.rule),
-            None => write!(f, "{}", self.rule),
+        match (self.min_score, self.floor_exempt) {
+            (Some(t), FloorExempt::MajorityFlip) => write!(f, "{}+min-score={t}", self.rule),
+            (Some(t), e) => write!(f, "{}+min-score={t}+{e}", self.rule),
+            (None, _) => write!(f, "{}", self.rule),
         }
     }
 }
@@ -263,8 +344,8 @@ pub fn apply(
     // At most the estimated number of noisy samples per class; with
     // `exempt_majority`, no cap in a class estimated to be mostly noise
     // whose flags look like a systematic flip. Also returns the classes a
-    // score floor leaves alone: the exempt ones and the classes their
-    // flags point at (both sides of a flipped pair).
+    // score floor leaves alone (`op.floor_exempt`): the flipped ones and
+    // the classes their flags point at (both sides of a flipped pair).
     let noise_rate_cap = |mut flagged: Vec<bool>, exempt_majority: bool| -> Result<(Vec<bool>, Vec<bool>)> {
         let rate = crate::baselines::confident_learning(needs_probs()?, labels, classes)?.noise_rate;
         let flips = if exempt_majority { flip_shares(per, &flagged, labels, classes) } else { vec![(0.0, 0); classes] };
@@ -277,11 +358,7 @@ pub fn apply(
                 (rate[c] * n as f64).round() as usize
             }
         });
-        let mut floor_free = exempt.clone();
-        for c in (0..classes).filter(|&c| exempt[c]) {
-            floor_free[flips[c].1] = true;
-        }
-        Ok((flagged, floor_free))
+        Ok((flagged, spared_classes(&rate, &flips, op.floor_exempt)))
     };
     let none_exempt = || vec![false; classes];
     let (mut flagged, floor_free): (Vec<bool>, Vec<bool>) = match op.rule {
@@ -302,6 +379,73 @@ pub fn apply(
         }
     }
     Ok(apply_caps(per, flagged, labels, classes, op))
+}
+
+/// What [`Rule::AgreementNoiseRate`] sees in one class (given label):
+/// recorded in every h2e round's report so that a run shows why the cap
+/// and a score floor treated a class as they did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClassEstimate {
+    /// Samples with this label.
+    pub samples: usize,
+    /// Confident learning's noise-rate estimate on the adjusted probabilities.
+    pub noise_rate: f64,
+    /// Agreement-rule flags (before the cap).
+    pub agreement_flags: usize,
+    /// Share of those flags whose adjusted prediction is `flip_to` (0 without flags).
+    pub flip_share: f64,
+    /// Their most common adjusted prediction.
+    pub flip_to: usize,
+}
+
+/// [`ClassEstimate`] of every class from per-sample scores and the
+/// row-major adjusted probabilities.
+pub fn class_estimates(
+    per: &[SampleScore],
+    probs: &[f32],
+    labels: &[usize],
+    classes: usize,
+) -> Result<Vec<ClassEstimate>> {
+    let rate = crate::baselines::confident_learning(probs, labels, classes)?.noise_rate;
+    let flagged: Vec<bool> = per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect();
+    let flips = flip_shares(per, &flagged, labels, classes);
+    Ok((0..classes)
+        .map(|c| ClassEstimate {
+            samples: labels.iter().filter(|&&l| l == c).count(),
+            noise_rate: rate[c],
+            agreement_flags: flagged.iter().zip(labels).filter(|&(&f, &l)| f && l == c).count(),
+            flip_share: flips[c].0,
+            flip_to: flips[c].1,
+        })
+        .collect())
+}
+
+/// The classes a score floor leaves alone under `exempt`, from a round's
+/// [`ClassEstimate`]s (as [`apply`] decides them on a whole set). A caller
+/// that decides one sample at a time (an ingestion gate) can take them from
+/// the identifier's training report, whose final round saw the whole
+/// training set.
+pub fn floor_free_classes(estimates: &[ClassEstimate], exempt: FloorExempt) -> Vec<bool> {
+    let rate: Vec<f64> = estimates.iter().map(|e| e.noise_rate).collect();
+    let flips: Vec<(f64, usize)> = estimates.iter().map(|e| (e.flip_share, e.flip_to)).collect();
+    spared_classes(&rate, &flips, exempt)
+}
+
+/// The flipped classes `exempt` spares (see [`FloorExempt`]) and the
+/// classes their flags point at.
+fn spared_classes(rate: &[f64], flips: &[(f64, usize)], exempt: FloorExempt) -> Vec<bool> {
+    let spared: Vec<bool> = rate
+        .iter()
+        .zip(flips)
+        .map(|(&r, &(share, _))| share > SYSTEMATIC_FLIP && (exempt == FloorExempt::AnyFlip || r > MAJORITY_NOISE))
+        .collect();
+    let mut out = spared.clone();
+    for (c, &(_, to)) in flips.iter().enumerate() {
+        if spared[c] && to < out.len() {
+            out[to] = true;
+        }
+    }
+    out
 }
 
 /// Per class, the share of its flagged samples whose adjusted prediction
@@ -472,7 +616,7 @@ mod tests {
         let logits = [5.0, 0.0, 0.0, 5.0, 0.0, 5.0, 1.0, 0.0];
         let labels = [0, 0, 0, 1];
         let zero = [0.0; 2];
-        let argmax = OperatingPoint { rule: Rule::Argmax, ..Default::default() };
+        let argmax = OperatingPoint { rule: Rule::Argmax, min_score: None, ..Default::default() };
         let s =
             score_logits(&logits, 2, &labels, &zero, &zero, &OperatingPoint { min_per_class: 0, ..argmax }).unwrap();
         assert_eq!(s.flagged, vec![false, true, true, true]);
@@ -507,7 +651,8 @@ mod tests {
         .concat();
         let labels = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
         let zero = [0.0; 2];
-        let op = OperatingPoint { rule: Rule::ConfidentLearning, min_per_class: 0, ..Default::default() };
+        let op =
+            OperatingPoint { rule: Rule::ConfidentLearning, min_per_class: 0, min_score: None, ..Default::default() };
         let per = per_samples(&logits, 2, &labels, &zero, &zero);
         assert!(apply(&per, None, &labels, 2, &op).is_err());
         let s = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
@@ -522,7 +667,7 @@ mod tests {
         assert_eq!("threshold=0.7".parse::<Rule>().unwrap(), Rule::Threshold(0.7));
         assert!("threshold=2".parse::<Rule>().is_err() && "median".parse::<Rule>().is_err());
         // noise-rate: a subset of argmax's flags, at most the estimated noisy count per class.
-        let op = OperatingPoint { rule: Rule::NoiseRate, min_per_class: 0, ..Default::default() };
+        let op = OperatingPoint { rule: Rule::NoiseRate, min_per_class: 0, min_score: None, ..Default::default() };
         assert!(apply(&per, None, &labels, 2, &op).is_err());
         let nr = score_logits(&logits, 2, &labels, &zero, &zero, &op).unwrap();
         let rate = crate::baselines::confident_learning(&probs, &labels, 2).unwrap().noise_rate;
@@ -558,7 +703,7 @@ mod tests {
             per.iter().map(|s| (s.pred, s.plain_pred)).collect::<Vec<_>>(),
             vec![(1, 0), (0, 0), (1, 1), (0, 0)]
         );
-        let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
+        let op = |rule| OperatingPoint { rule, min_per_class: 0, min_score: None, ..Default::default() };
         let am = apply(&per, None, &labels, 2, &op(Rule::Argmax)).unwrap();
         assert_eq!(am.flagged, vec![true, false, true, true]);
         // Per sample: no probability matrix needed.
@@ -591,7 +736,7 @@ mod tests {
         .concat();
         let labels = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1];
         let zero = [0.0; 2];
-        let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
+        let op = |rule| OperatingPoint { rule, min_per_class: 0, min_score: None, ..Default::default() };
         assert!(Rule::AgreementNoiseRate.needs_probabilities());
         let per = per_samples(&logits, 2, &labels, &zero, &zero);
         assert!(apply(&per, None, &labels, 2, &op(Rule::AgreementNoiseRate)).is_err());
@@ -640,7 +785,7 @@ mod tests {
         let logits: Vec<f32> = rows.concat();
         let labels: Vec<usize> = [vec![0; 8], vec![1; 8]].concat();
         let zero = [0.0; 2];
-        let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
+        let op = |rule| OperatingPoint { rule, min_per_class: 0, min_score: None, ..Default::default() };
         let rate = noise_rates(&logits, &labels, 2);
         assert!(
             rate[1] > MAJORITY_NOISE && rate[1] * 8.0 < 5.5,
@@ -689,7 +834,7 @@ mod tests {
         // A floor of 0 changes nothing; the name carries the floor.
         let none = score_logits(&logits, 2, &labels, &zero, &zero, &op(Rule::Agreement, Some(0.0))).unwrap();
         assert_eq!(none.flagged, agree.flagged);
-        assert_eq!(op(Rule::AgreementNoiseRate, Some(0.9)).to_string(), "agreement-noise-rate+min-score=0.9");
+        assert_eq!(op(Rule::AgreementNoiseRate, Some(0.9)).to_string(), "agreement-noise-rate+min-score=0.9+any-flip");
         assert_eq!(op(Rule::Argmax, None).to_string(), "argmax");
         assert!(op(Rule::Argmax, Some(1.5)).validate().is_err());
         assert!(op(Rule::Threshold(-0.1), None).validate().is_err());
@@ -716,6 +861,7 @@ mod tests {
             rule: Rule::AgreementNoiseRate,
             min_per_class: 0,
             min_score,
+            floor_exempt: FloorExempt::MajorityFlip,
             ..Default::default()
         };
         let anr = score_logits(&logits, 3, &labels, &zero, &zero, &op(None)).unwrap();
@@ -725,6 +871,50 @@ mod tests {
         // Class 2's borderline flag goes; class 1's stays.
         assert!(!anr9.flagged[24] && anr9.flagged[12]);
         assert_eq!(anr9.flagged[..24], anr.flagged[..24]);
+        // With `any-flip`, class 2's flags (one, pointing at class 0) are a
+        // flip too although its estimated noise rate is far under one
+        // half, so nothing is floored.
+        let rates = noise_rates(&logits, &labels, 3);
+        assert!(rates[2] < MAJORITY_NOISE, "{rates:?}");
+        let any = OperatingPoint { floor_exempt: FloorExempt::AnyFlip, ..op(Some(0.9)) };
+        let any9 = score_logits(&logits, 3, &labels, &zero, &zero, &any).unwrap();
+        assert_eq!(any9.flagged, anr.flagged);
+        assert_eq!(any.to_string(), "agreement-noise-rate+min-score=0.9+any-flip");
+        // The per-class record says why.
+        let per: Vec<SampleScore> =
+            logits.chunks_exact(3).zip(&labels).map(|(row, &l)| per_sample(row, Some(l), &zero, &zero)).collect();
+        let probs = adjusted_probabilities(&logits, 3, &zero, &zero);
+        let est = class_estimates(&per, &probs, &labels, 3).unwrap();
+        assert_eq!(est.iter().map(|e| e.samples).collect::<Vec<_>>(), vec![8, 8, 9]);
+        assert_eq!((est[2].agreement_flags, est[2].flip_to, est[2].flip_share), (1, 0, 1.0));
+        assert_eq!((est[1].flip_to, est[1].agreement_flags), (0, 6));
+        assert_eq!(est[0].agreement_flags, 0);
+        assert!((est[2].noise_rate - rates[2]).abs() < 1e-12);
+        // From the record alone, the same floor-free classes as above: every
+        // class with `any-flip`; class 1 (mostly noise) and class 0, which
+        // it flips into, with `majority-flip`.
+        assert_eq!(floor_free_classes(&est, FloorExempt::AnyFlip), vec![true, true, true]);
+        assert_eq!(floor_free_classes(&est, FloorExempt::MajorityFlip), vec![true, true, false]);
+    }
+
+    #[test]
+    fn floor_exemption_reads_back_and_defaults_for_old_bundles() {
+        for e in [FloorExempt::MajorityFlip, FloorExempt::AnyFlip] {
+            assert_eq!(e.to_string().parse::<FloorExempt>().unwrap(), e);
+        }
+        assert!("any".parse::<FloorExempt>().is_err());
+        // An operating point saved before the field existed.
+        let old: OperatingPoint = serde_json::from_str(
+            r#"{"rule":{"rule":"agreement-noise-rate"},"max_flag_rate":null,"min_per_class":1,"min_score":0.9}"#,
+        )
+        .unwrap();
+        assert_eq!(old.floor_exempt, FloorExempt::MajorityFlip);
+        assert_eq!(old.min_score, Some(0.9));
+        let any = OperatingPoint { floor_exempt: FloorExempt::AnyFlip, ..old };
+        let back: OperatingPoint = serde_json::from_str(&serde_json::to_string(&any).unwrap()).unwrap();
+        assert_eq!(back, any);
+        // Without a floor the exemption changes nothing, and the name says so.
+        assert_eq!(OperatingPoint { min_score: None, ..any }.to_string(), "agreement-noise-rate");
     }
 
     #[test]
@@ -750,7 +940,7 @@ mod tests {
         let logits: Vec<f32> = rows.concat();
         let labels: Vec<usize> = [vec![0; 8], vec![1; 8], vec![2; 9]].concat();
         let zero = [0.0; 3];
-        let op = |rule| OperatingPoint { rule, min_per_class: 0, ..Default::default() };
+        let op = |rule| OperatingPoint { rule, min_per_class: 0, min_score: None, ..Default::default() };
         let rate = noise_rates(&logits, &labels, 3);
         assert!(
             rate[2] > MAJORITY_NOISE && rate[2] * 9.0 < 5.5,

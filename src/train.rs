@@ -25,7 +25,7 @@ use crate::metrics::{self, AccuracyMetrics, DetectionMetrics};
 use crate::model::{BackboneKind, Head, Net};
 use crate::progress::{Event, Progress};
 use crate::rng::Rng;
-use crate::score::{self, OperatingPoint, Rule, SampleScore, Scores, SCORE_FLOORS};
+use crate::score::{self, ClassEstimate, FloorExempt, OperatingPoint, Rule, SampleScore, Scores, SCORE_FLOORS};
 
 /// Upper bound of the learned per-class tau (projected after every
 /// stage-B step; the lower bound is 0, no adjustment).
@@ -267,6 +267,10 @@ pub struct RoundReport {
     /// (h2e rounds with ground truth): `(rule name, metrics)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub operating_points: Vec<(String, DetectionMetrics)>,
+    /// Per given label, what the default rule's cap and a score floor saw
+    /// (h2e rounds that computed the adjusted probabilities).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_estimates: Vec<ClassEstimate>,
 }
 
 /// What a run did and measured; saved as `report.json` in the bundle.
@@ -959,6 +963,7 @@ impl<'a> Engine<'a> {
             seconds: t.elapsed().as_secs_f64(),
             metrics,
             operating_points: Vec::new(),
+            class_estimates: Vec::new(),
         })
     }
 
@@ -1022,11 +1027,19 @@ impl<'a> Engine<'a> {
         let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         // Every named rule with the configured caps and no score floor,
-        // then the default rule at the score floors under study (issue 7).
-        let base = OperatingPoint { min_score: None, ..self.config.operating_point };
-        let points = Rule::NAMED.into_iter().map(|rule| OperatingPoint { rule, ..base }).chain(
-            SCORE_FLOORS.iter().map(|&t| OperatingPoint { rule: Rule::AgreementNoiseRate, min_score: Some(t), ..base }),
-        );
+        // then the default rule at the score floors under study (issue 7),
+        // with each floor exemption.
+        let base =
+            OperatingPoint { min_score: None, floor_exempt: FloorExempt::default(), ..self.config.operating_point };
+        let floors = [FloorExempt::MajorityFlip, FloorExempt::AnyFlip].into_iter().flat_map(|floor_exempt| {
+            SCORE_FLOORS.iter().map(move |&t| OperatingPoint {
+                rule: Rule::AgreementNoiseRate,
+                min_score: Some(t),
+                floor_exempt,
+                ..base
+            })
+        });
+        let points = Rule::NAMED.into_iter().map(|rule| OperatingPoint { rule, ..base }).chain(floors);
         for op in points {
             let name = op.to_string();
             let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
@@ -1131,6 +1144,7 @@ impl<'a> Engine<'a> {
                         self.round_report(train, r, keep.len(), &scores, read_f32(head.tau.val(), "tau")?, t)?;
                     if let Some(p) = &probs {
                         report.operating_points = self.operating_points(train, &per, p)?;
+                        report.class_estimates = score::class_estimates(&per, p, &train.labels, self.classes)?;
                     }
                     rounds.push(report);
                     keep = (0..train.len()).filter(|&i| !scores.flagged[i]).collect();

@@ -120,6 +120,22 @@ fn a_score_floor_applies_to_the_final_flags_only() {
     assert_eq!(trained.scores.flagged.iter().filter(|&&f| f).count(), rounds[1].flagged);
     assert_eq!(h2e::train::round_operating_point(&op, 1, 2).min_score, None);
     assert_eq!(h2e::train::round_operating_point(&op, 2, 2), op);
+    // Every round reports both floor exemptions; `any-flip` spares a
+    // superset of `majority-flip`'s classes, so it keeps at least as many
+    // flags, and never more than the floor-free rule.
+    assert_eq!(rounds.len(), 2);
+    for (r, round) in rounds.iter().enumerate() {
+        for t in h2e::score::SCORE_FLOORS {
+            let majority = row(r, &format!("agreement-noise-rate+min-score={t}"));
+            let any = row(r, &format!("agreement-noise-rate+min-score={t}+any-flip"));
+            assert!(majority <= any && any <= row(r, "agreement-noise-rate"), "round {r} floor {t}");
+        }
+        // And what the cap saw in every class.
+        let est = &round.class_estimates;
+        assert_eq!(est.len(), trained.report.class_counts.len());
+        assert_eq!(est.iter().map(|e| e.samples).sum::<usize>(), set.len());
+        assert!(est.iter().all(|e| (0.0..=1.0).contains(&e.noise_rate) && (0.0..=1.0).contains(&e.flip_share)));
+    }
 }
 
 #[test]

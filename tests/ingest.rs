@@ -68,13 +68,18 @@ fn routed(out: &Path) -> BTreeMap<String, Vec<&'static str>> {
     m
 }
 
-/// The identifier's noise score of an image file for label `label`.
-fn noise(id: &Identifier, path: &Path, label: usize) -> f32 {
+/// The identifier's score of an image file for label `label`.
+fn score(id: &Identifier, path: &Path, label: usize) -> h2e::score::SampleScore {
     let img = decode_image(&std::fs::read(path).unwrap(), "x", &DecodeLimits::default()).unwrap();
     let img = resize(&img, 1, 8, 8);
     let mut batch = PackedBatch::new(1).unwrap();
     batch.push(8, 8, &img.pixels).unwrap();
-    id.score_batch(&batch, &[Some(label)]).unwrap()[0].noise_score
+    id.score_batch(&batch, &[Some(label)]).unwrap()[0]
+}
+
+/// The identifier's noise score of an image file for label `label`.
+fn noise(id: &Identifier, path: &Path, label: usize) -> f32 {
+    score(id, path, label).noise_score
 }
 
 #[test]
@@ -141,6 +146,25 @@ fn every_image_is_routed_once_and_the_threshold_decides() {
     // A stricter re-run into the same folder moves everything scored to
     // quarantine and leaves no stale clean copy.
     check(0.0, &|_| true);
+    // Without --threshold: the identifier's rule one image at a time
+    // (agreement for agreement-noise-rate) and its score floor. This
+    // identifier's report has no per-class estimates (a baseline's), so the
+    // floor spares no class.
+    let op = id.config().operating_point;
+    assert_eq!(op.rule, h2e::score::Rule::AgreementNoiseRate);
+    let floor = op.min_score.expect("the default has a floor");
+    let by_rule = |rel: &str| {
+        let (_, file, l) = scored.iter().find(|s| s.0 == rel).unwrap();
+        let s = score(&id, file, *l);
+        s.pred != *l && s.plain_pred != *l && s.noise_score >= floor
+    };
+    let stdout = ingest(&[&id_path, &incoming, &out], &[]);
+    let m = routed(&out);
+    for (rel, _, _) in &scored {
+        let want = if by_rule(rel) { "quarantine" } else { "clean" };
+        assert_eq!(m.get(rel.as_str()), Some(&vec![want]), "{rel} by the identifier's rule");
+    }
+    assert!(stdout.contains(&format!("ingest: {inputs} images")), "{stdout}");
     // Nothing was written outside OUT_DIR, and the inputs are untouched.
     let mut top: Vec<String> =
         std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

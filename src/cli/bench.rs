@@ -83,10 +83,15 @@ pub struct QualityArgs {
     /// is reported anyway, on this rule's rounds).
     #[arg(long)]
     pub operating_point: Option<h2e::score::Rule>,
-    /// Score floor on h2e's final flags, its own rows (the default rule's
-    /// floors 0.8, 0.9 and 0.95 are reported anyway, in every round).
+    /// Score floor on h2e's final flags, its own rows (default 0.9 with
+    /// agreement-noise-rate, none with the other rules; 0 turns it off; the default rule without a floor and at floors 0.8, 0.9 and
+    /// 0.95 with either exemption is reported anyway, in every round).
     #[arg(long)]
     pub min_score: Option<f32>,
+    /// Which classes h2e's score floor spares (default any-flip, or
+    /// majority-flip; both are reported anyway at the floors above).
+    #[arg(long)]
+    pub floor_exempt: Option<h2e::score::FloorExempt>,
 }
 
 pub fn bench(cmd: BenchCmd) -> Result<i32> {
@@ -142,7 +147,13 @@ fn quality(a: QualityArgs) -> Result<i32> {
     if let Some(rule) = a.operating_point {
         cfg.operating_point.rule = rule;
     }
-    cfg.operating_point.min_score = a.min_score;
+    cfg.operating_point.min_score = match a.min_score {
+        Some(t) => (t != 0.0).then_some(t),
+        None => h2e::score::default_min_score(cfg.operating_point.rule),
+    };
+    if let Some(e) = a.floor_exempt {
+        cfg.operating_point.floor_exempt = e;
+    }
     cfg.validate()?;
     if let Some(part) = a.shard {
         draws = shard(&draws, part);

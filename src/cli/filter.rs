@@ -46,9 +46,15 @@ pub struct FilterArgs {
     #[arg(long)]
     pub min_per_class: Option<usize>,
     /// Score floor: a flag also needs a noise score of at least this, except on both sides of a
-    /// systematic flip that agreement-noise-rate exempts (default: the identifier's; 0 removes it).
+    /// systematic flip that agreement-noise-rate exempts (default: the identifier's, or with
+    /// --operating-point / --threshold that rule's: 0.9 for agreement-noise-rate, none for the
+    /// others; 0 removes it).
     #[arg(long)]
     pub min_score: Option<f32>,
+    /// Which classes the score floor spares: majority-flip or any-flip (default: the identifier's;
+    /// see `h2e train --help`).
+    #[arg(long)]
+    pub floor_exempt: Option<h2e::score::FloorExempt>,
     /// Samples of classes the identifier does not know: error (refuse the data) or skip (error rows).
     #[arg(long, default_value = "error")]
     pub unknown_class: UnknownClass,
@@ -71,6 +77,7 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
         max_flag_rate: a.max_flag_rate,
         min_per_class: a.min_per_class,
         min_score: a.min_score,
+        floor_exempt: a.floor_exempt,
         unknown_class: a.unknown_class,
         shard: a.shard,
     };

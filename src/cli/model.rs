@@ -9,7 +9,7 @@ use h2e::device::{select, DeviceChoice};
 use h2e::filter::FilterReport;
 use h2e::identifier::Identifier;
 use h2e::model::BackboneKind;
-use h2e::score::{OperatingPoint, Rule};
+use h2e::score::{default_min_score, FloorExempt, OperatingPoint, Rule};
 use h2e::train::{Engine, Method, TrainConfig};
 use std::path::{Path, PathBuf};
 
@@ -83,9 +83,17 @@ pub struct TrainArgs {
     /// Score floor on the final flags (the saved identifier's and stage 2's;
     /// rounds before the last drop flags without it): a flag also needs a
     /// noise score (1 - label_score) of at least this, except on both sides
-    /// of a systematic flip that agreement-noise-rate exempts. Off by default.
+    /// of a systematic flip that agreement-noise-rate finds (see
+    /// --floor-exempt). Default: 0.9 with agreement-noise-rate, none with
+    /// the other rules; 0 turns it off.
     #[arg(long)]
     pub min_score: Option<f32>,
+    /// Which classes the score floor spares: any-flip (every class whose
+    /// flags mostly point at one other class, whatever its estimated noise
+    /// rate, and that class) or majority-flip (only such classes estimated
+    /// to be mostly noise, and the classes they flip into).
+    #[arg(long, default_value = "any-flip")]
+    pub floor_exempt: FloorExempt,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -143,6 +151,7 @@ fn load(
 }
 
 pub fn train(a: TrainArgs) -> Result<i32> {
+    let rule = a.threshold.map_or(a.operating_point, Rule::Threshold);
     let cfg = TrainConfig {
         method: a.method,
         backbone: a.backbone,
@@ -157,10 +166,14 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         classifier: a.classifier,
         classifier_epochs: a.classifier_epochs,
         operating_point: OperatingPoint {
-            rule: a.threshold.map_or(a.operating_point, Rule::Threshold),
+            rule,
             max_flag_rate: a.max_flag_rate,
             min_per_class: a.min_per_class,
-            min_score: a.min_score,
+            min_score: match a.min_score {
+                Some(t) => (t != 0.0).then_some(t),
+                None => default_min_score(rule),
+            },
+            floor_exempt: a.floor_exempt,
         },
         seed: a.seed,
         ..TrainConfig::default()
