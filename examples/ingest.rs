@@ -70,13 +70,13 @@ struct Decision {
     reason: String,
 }
 
-/// Scores one image against its label; `Ok((clean, predicted, noise, reason))`.
 /// The identifier's score floor and the classes it spares.
 struct Floor {
     min_score: f32,
     free: Vec<bool>,
 }
 
+/// Scores one image against its label; `Ok((clean, predicted, noise, reason))`.
 fn check(
     id: &Identifier,
     op: &OperatingPoint,

@@ -47,6 +47,16 @@ pub fn default_min_score(rule: Rule) -> Option<f32> {
     (rule == Rule::AgreementNoiseRate).then_some(DEFAULT_MIN_SCORE)
 }
 
+/// The score floor of `rule` when a command line gives `given`: that value
+/// (0 turns the floor off), else the rule's default ([`default_min_score`]).
+/// Out-of-range values stay, for [`OperatingPoint::validate`] to refuse.
+pub fn min_score_for(rule: Rule, given: Option<f32>) -> Option<f32> {
+    match given {
+        Some(t) => (t != 0.0).then_some(t),
+        None => default_min_score(rule),
+    }
+}
+
 /// The score floors ([`OperatingPoint::min_score`]) on the default rule that
 /// every h2e round reports besides the named rules, so that a benchmark
 /// grid measures them without a run per floor.
@@ -246,8 +256,9 @@ pub struct OperatingPoint {
     /// (with [`Rule::AgreementNoiseRate`]) in a class whose flags look like
     /// a systematic flip ([`FloorExempt`] says which) and in the class that
     /// flip points at: both sides of a flipped pair are ambiguous to the
-    /// identifier, and there a borderline flag is still mostly noise. Elsewhere it trims the
-    /// borderline flags (label probability just under the prediction's)
+    /// identifier, and there a borderline flag is still mostly noise.
+    /// Elsewhere it trims the borderline flags (label probability just
+    /// under the prediction's)
     /// that the noise-rate cap keeps when it over-estimates a class's
     /// noise, mostly clean samples. Training applies it to the final
     /// round's flags only ([`crate::train::round_operating_point`]).
@@ -340,7 +351,7 @@ pub fn apply(
             .ok_or_else(|| Error::Argument(format!("the {} operating point needs the adjusted probabilities", op.rule)))
     };
     let argmax = || per.iter().zip(labels).map(|(s, &l)| s.pred != l).collect::<Vec<bool>>();
-    let agreement = || per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect::<Vec<bool>>();
+    let agreement = || agreement_flags(per, labels);
     // At most the estimated number of noisy samples per class; with
     // `exempt_majority`, no cap in a class estimated to be mostly noise
     // whose flags look like a systematic flip. Also returns the classes a
@@ -407,17 +418,26 @@ pub fn class_estimates(
     classes: usize,
 ) -> Result<Vec<ClassEstimate>> {
     let rate = crate::baselines::confident_learning(probs, labels, classes)?.noise_rate;
-    let flagged: Vec<bool> = per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect();
+    let flagged = agreement_flags(per, labels);
     let flips = flip_shares(per, &flagged, labels, classes);
+    let samples = crate::metrics::label_counts(labels, classes);
+    let flagged_labels: Vec<usize> = labels.iter().zip(&flagged).filter(|&(_, &f)| f).map(|(&l, _)| l).collect();
+    let flags = crate::metrics::label_counts(&flagged_labels, classes);
     Ok((0..classes)
         .map(|c| ClassEstimate {
-            samples: labels.iter().filter(|&&l| l == c).count(),
+            samples: samples[c],
             noise_rate: rate[c],
-            agreement_flags: flagged.iter().zip(labels).filter(|&(&f, &l)| f && l == c).count(),
+            agreement_flags: flags[c],
             flip_share: flips[c].0,
             flip_to: flips[c].1,
         })
         .collect())
+}
+
+/// [`Rule::Agreement`]'s flags: the adjusted and the plain prediction
+/// both differ from the label.
+fn agreement_flags(per: &[SampleScore], labels: &[usize]) -> Vec<bool> {
+    per.iter().zip(labels).map(|(s, &l)| s.pred != l && s.plain_pred != l).collect()
 }
 
 /// The classes a score floor leaves alone under `exempt`, from a round's
@@ -903,6 +923,12 @@ mod tests {
             assert_eq!(e.to_string().parse::<FloorExempt>().unwrap(), e);
         }
         assert!("any".parse::<FloorExempt>().is_err());
+        // A command line's floor: given, off at 0, else the rule's default.
+        assert_eq!(min_score_for(Rule::AgreementNoiseRate, None), Some(DEFAULT_MIN_SCORE));
+        assert_eq!(min_score_for(Rule::Argmax, None), None);
+        assert_eq!(min_score_for(Rule::AgreementNoiseRate, Some(0.0)), None);
+        assert_eq!(min_score_for(Rule::Argmax, Some(0.8)), Some(0.8));
+        assert_eq!(min_score_for(Rule::Argmax, Some(-0.1)), Some(-0.1));
         // An operating point saved before the field existed.
         let old: OperatingPoint = serde_json::from_str(
             r#"{"rule":{"rule":"agreement-noise-rate"},"max_flag_rate":null,"min_per_class":1,"min_score":0.9}"#,

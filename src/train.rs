@@ -1029,8 +1029,7 @@ impl<'a> Engine<'a> {
         // Every named rule with the configured caps and no score floor,
         // then the default rule at the score floors under study (issue 7),
         // with each floor exemption.
-        let base =
-            OperatingPoint { min_score: None, floor_exempt: FloorExempt::default(), ..self.config.operating_point };
+        let base = OperatingPoint { min_score: None, ..self.config.operating_point };
         let floors = [FloorExempt::MajorityFlip, FloorExempt::AnyFlip].into_iter().flat_map(|floor_exempt| {
             SCORE_FLOORS.iter().map(move |&t| OperatingPoint {
                 rule: Rule::AgreementNoiseRate,

@@ -84,8 +84,9 @@ pub struct QualityArgs {
     #[arg(long)]
     pub operating_point: Option<h2e::score::Rule>,
     /// Score floor on h2e's final flags, its own rows (default 0.9 with
-    /// agreement-noise-rate, none with the other rules; 0 turns it off; the default rule without a floor and at floors 0.8, 0.9 and
-    /// 0.95 with either exemption is reported anyway, in every round).
+    /// agreement-noise-rate, none with the other rules; 0 turns it off; the
+    /// default rule without a floor and at floors 0.8, 0.9 and 0.95 with
+    /// either exemption is reported anyway, in every round).
     #[arg(long)]
     pub min_score: Option<f32>,
     /// Which classes h2e's score floor spares (default any-flip, or
@@ -147,10 +148,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
     if let Some(rule) = a.operating_point {
         cfg.operating_point.rule = rule;
     }
-    cfg.operating_point.min_score = match a.min_score {
-        Some(t) => (t != 0.0).then_some(t),
-        None => h2e::score::default_min_score(cfg.operating_point.rule),
-    };
+    cfg.operating_point.min_score = h2e::score::min_score_for(cfg.operating_point.rule, a.min_score);
     if let Some(e) = a.floor_exempt {
         cfg.operating_point.floor_exempt = e;
     }

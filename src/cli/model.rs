@@ -9,7 +9,7 @@ use h2e::device::{select, DeviceChoice};
 use h2e::filter::FilterReport;
 use h2e::identifier::Identifier;
 use h2e::model::BackboneKind;
-use h2e::score::{default_min_score, FloorExempt, OperatingPoint, Rule};
+use h2e::score::{min_score_for, FloorExempt, OperatingPoint, Rule};
 use h2e::train::{Engine, Method, TrainConfig};
 use std::path::{Path, PathBuf};
 
@@ -169,10 +169,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             rule,
             max_flag_rate: a.max_flag_rate,
             min_per_class: a.min_per_class,
-            min_score: match a.min_score {
-                Some(t) => (t != 0.0).then_some(t),
-                None => default_min_score(rule),
-            },
+            min_score: min_score_for(rule, a.min_score),
             floor_exempt: a.floor_exempt,
         },
         seed: a.seed,
