@@ -31,6 +31,7 @@ use crate::filter::Shard;
 use crate::metrics::{AccuracyMetrics, DetectionMetrics};
 use crate::nlt::{make_nlt, NltConfig, NoiseKind};
 use crate::progress::Progress;
+use crate::rescore::SavedLogits;
 use crate::train::{Engine, Method, TrainConfig, TrainReport};
 
 /// A short name of a draw, e.g. `uniform-rho100-r0.3-s0`.
@@ -145,6 +146,12 @@ pub fn saved_path(work: &Path, draw: &NltConfig, method: Method) -> PathBuf {
     work.join(format!("{}.json", pair_name(draw, method)))
 }
 
+/// Where [`run`] saves h2e's round logits on `draw` inside `work` when
+/// asked to ([`crate::rescore`]): `NAME.h2e.logits.safetensors`.
+pub fn logits_path(work: &Path, draw: &NltConfig) -> PathBuf {
+    work.join(format!("{}.logits.safetensors", pair_name(draw, Method::H2e)))
+}
+
 /// The saved rows at `path` when they were made from `draw` with `config`;
 /// `None` when there are none or they came from another configuration.
 fn load_saved(path: &Path, draw: &NltConfig, config: &serde_json::Value) -> Result<Option<Vec<BenchRow>>> {
@@ -183,6 +190,7 @@ pub fn run(
     device: &Device,
     backend: &str,
     missing: Missing,
+    save_logits: bool,
     progress: &dyn Progress,
     on_row: &mut dyn FnMut(&BenchRow),
 ) -> Result<Outcome> {
@@ -215,7 +223,21 @@ pub fn run(
             }
             let (train, test) = data.as_ref().expect("loaded above");
             let t = Instant::now();
-            let trained = Engine::new(device.clone(), cfg, train, progress)?.run(train, test.as_ref(), backend)?;
+            let mut engine = Engine::new(device.clone(), cfg, train, progress)?;
+            let logits_to = (save_logits && method == Method::H2e).then(|| logits_path(work, draw));
+            if logits_to.is_some() {
+                engine = engine.with_round_logits();
+            }
+            let trained = engine.run(train, test.as_ref(), backend)?;
+            if let (Some(path), Some(true_labels)) = (&logits_to, &train.true_labels) {
+                let saved = SavedLogits {
+                    classes: train.classes.len(),
+                    labels: train.labels.clone(),
+                    true_labels: true_labels.clone(),
+                    rounds: trained.round_logits.clone(),
+                };
+                crate::fsutil::write_atomic(path, &saved.to_bytes()?)?;
+            }
             let rows = method_rows(draw, method, &trained.report, t.elapsed().as_secs_f64(), backend);
             let saved = Saved { crate_version: env!("CARGO_PKG_VERSION").into(), draw: draw.clone(), config, rows };
             let json = serde_json::to_vec_pretty(&saved)

@@ -26,6 +26,7 @@ pub mod model;
 pub mod nlt;
 pub mod progress;
 pub mod report;
+pub mod rescore;
 pub mod rng;
 pub mod score;
 pub mod train;

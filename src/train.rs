@@ -335,6 +335,27 @@ pub struct Trained {
     pub scores: Scores,
     /// The run's report.
     pub report: TrainReport,
+    /// Every h2e round's identifier logits on the whole training set, when
+    /// asked for ([`Engine::with_round_logits`]); empty otherwise.
+    pub round_logits: Vec<RoundLogits>,
+}
+
+/// Row-major raw logits and adjusted probabilities of a scored set.
+pub type LogitsAndProbabilities = (Vec<f32>, Vec<f32>);
+
+/// One h2e round's identifier output on every training sample: enough to
+/// recompute any operating point of that round without training again
+/// (adjusted logits are `logits - tau * log_prior`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundLogits {
+    /// 1-based round number.
+    pub round: usize,
+    /// Raw head logits `W f(x) + b`, row-major, samples x classes.
+    pub logits: Vec<f32>,
+    /// The learned tau of the round.
+    pub tau: Vec<f32>,
+    /// `log pi` of the samples the round trained on.
+    pub log_prior: Vec<f32>,
 }
 
 impl Trained {
@@ -498,6 +519,7 @@ pub struct Engine<'a> {
     classes: usize,
     progress: &'a dyn Progress,
     checkpoints: Option<Checkpoints>,
+    round_logits: bool,
 }
 
 /// Where stage-A checkpoints go, and whether to continue from them.
@@ -548,6 +570,7 @@ impl<'a> Engine<'a> {
             classes: train.classes.len(),
             progress,
             checkpoints: None,
+            round_logits: false,
         })
     }
 
@@ -560,6 +583,14 @@ impl<'a> Engine<'a> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating checkpoint folder", dir, e))?;
         self.checkpoints = Some(Checkpoints { dir: dir.to_path_buf(), resume });
         Ok(self)
+    }
+
+    /// Keeps every h2e round's identifier logits on the training set in
+    /// [`Trained::round_logits`] (samples x classes floats per round), for
+    /// studying operating points offline.
+    pub fn with_round_logits(mut self) -> Self {
+        self.round_logits = true;
+        self
     }
 
     /// The resolved configuration.
@@ -899,7 +930,8 @@ impl<'a> Engine<'a> {
 
     /// Scores every sample of `set` with a head: adjusted logits, softmax,
     /// argmax and noise score (our fused WGSL kernel on wgpu).
-    /// With `probabilities`, also returns the adjusted probability matrix.
+    /// With `probabilities`, also returns the raw logits and the adjusted
+    /// probability matrix (both row-major).
     pub fn score_all(
         &self,
         net: &Net,
@@ -908,14 +940,16 @@ impl<'a> Engine<'a> {
         log_prior: &[f32],
         name: &str,
         probabilities: bool,
-    ) -> Result<(Vec<SampleScore>, Option<Vec<f32>>)> {
+    ) -> Result<(Vec<SampleScore>, Option<LogitsAndProbabilities>)> {
         let all: Vec<usize> = (0..set.len()).collect();
         let f = self.features(net, set, &all, name)?;
         let tau = read_f32(head.tau.val(), "tau")?;
         let raw = head.raw(f);
         let probs = match probabilities {
             true => {
-                Some(score::adjusted_probabilities(&read_f32(raw.clone(), "logits")?, self.classes, &tau, log_prior))
+                let logits = read_f32(raw.clone(), "logits")?;
+                let p = score::adjusted_probabilities(&logits, self.classes, &tau, log_prior);
+                Some((logits, p))
             }
             false => None,
         };
@@ -1109,6 +1143,7 @@ impl<'a> Engine<'a> {
         let counts = train.class_counts();
         let all: Vec<usize> = (0..train.len()).collect();
         let mut rounds = Vec::new();
+        let mut round_logits = Vec::new();
         // `plain`: the stage-A network trained on every sample (cross-entropy
         // with mixup), the reference a long-tail user has without h2e.
         let (net_ad, head, prior, scores, plain) = match cfg.method {
@@ -1134,18 +1169,24 @@ impl<'a> Engine<'a> {
                         seed,
                         &format!("round {r}/{} identifier", cfg.rounds),
                     )?;
-                    let want = cfg.operating_point.rule.needs_probabilities() || train.true_labels.is_some();
+                    let want = cfg.operating_point.rule.needs_probabilities()
+                        || train.true_labels.is_some()
+                        || self.round_logits;
                     let name = format!("round {r}/{} scoring", cfg.rounds);
-                    let (per, probs) = self.score_all(&net.valid(), &head, train, &lp, &name, want)?;
+                    let (per, out) = self.score_all(&net.valid(), &head, train, &lp, &name, want)?;
+                    let probs = out.as_ref().map(|(_, p)| p.as_slice());
                     let op = round_operating_point(&cfg.operating_point, r, cfg.rounds);
-                    let scores = score::apply(&per, probs.as_deref(), &train.labels, self.classes, &op)?;
-                    let mut report =
-                        self.round_report(train, r, keep.len(), &scores, read_f32(head.tau.val(), "tau")?, t)?;
-                    if let Some(p) = &probs {
+                    let scores = score::apply(&per, probs, &train.labels, self.classes, &op)?;
+                    let tau = read_f32(head.tau.val(), "tau")?;
+                    let mut report = self.round_report(train, r, keep.len(), &scores, tau.clone(), t)?;
+                    if let Some(p) = probs {
                         report.operating_points = self.operating_points(train, &per, p)?;
                         report.class_estimates = score::class_estimates(&per, p, &train.labels, self.classes)?;
                     }
                     rounds.push(report);
+                    if let (true, Some((logits, _))) = (self.round_logits, out) {
+                        round_logits.push(RoundLogits { round: r, logits, tau, log_prior: lp.clone() });
+                    }
                     keep = (0..train.len()).filter(|&i| !scores.flagged[i]).collect();
                     last = Some((net, head, lp, scores));
                 }
@@ -1263,6 +1304,7 @@ impl<'a> Engine<'a> {
             classifier,
             scores,
             report,
+            round_logits,
         })
     }
 }

@@ -16,7 +16,17 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
     );
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("bench");
-    let o = h2e(&["bench", "quality", "--quick", "--device", "cpu", "--classifier", "-o", out.to_str().unwrap()]);
+    let o = h2e(&[
+        "bench",
+        "quality",
+        "--quick",
+        "--device",
+        "cpu",
+        "--classifier",
+        "--save-logits",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     let rows = json["rows"].as_array().unwrap();
@@ -72,7 +82,49 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
     assert!(summary[0]["best_baseline"].is_array() && summary[0]["stage2"].is_number(), "{}", summary[0]);
     let sm = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(sm.contains("| uniform-rho10-r0.3-s0 |") && sm.contains("draws pass every check"), "{sm}");
+    rescoring_the_saved_logits_gives_the_runs_figures(&out, rows);
     resumed_runs_reuse_the_saved_results(&out, rows);
+}
+
+/// `bench rescore` on the logits the quick run saved recomputes, with no
+/// training, what the run itself reported for the same operating point.
+fn rescoring_the_saved_logits_gives_the_runs_figures(out: &Path, rows: &[serde_json::Value]) {
+    assert!(out.join("draws/uniform-rho10-r0.3-s0.h2e.logits.safetensors").exists());
+    for (args, name) in [
+        (vec!["--operating-point", "argmax"], "argmax"),
+        (vec!["--min-score", "0.9", "--floor-exempt", "any-flip"], "agreement-noise-rate+min-score=0.9+any-flip"),
+        (vec!["--min-score", "0.8", "--floor-exempt", "majority-flip"], "agreement-noise-rate+min-score=0.8"),
+    ] {
+        let mut cmd = vec!["bench", "rescore", out.to_str().unwrap()];
+        cmd.extend(args);
+        let o = h2e(&cmd);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout);
+        let lines: Vec<Vec<String>> = text
+            .lines()
+            .skip(2)
+            .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+            .collect();
+        assert_eq!(lines.len(), 2, "one line per round: {text}");
+        for (round, line) in [1u64, 2].into_iter().zip(&lines) {
+            let r = rows
+                .iter()
+                .find(|r| r["method"] == "h2e" && r["round"] == round && r["operating_point"] == name)
+                .unwrap_or_else(|| panic!("no {name} row for round {round}"));
+            let d = &r["detection"];
+            assert_eq!(line[0], "uniform-rho10-r0.3-s0");
+            assert_eq!(line[1], round.to_string());
+            assert_eq!(line[4], format!("{:.3}", d["f1"].as_f64().unwrap()), "{name} round {round}: {text}");
+            assert_eq!(line[6], format!("{:.3}", d["tail"]["f1"].as_f64().unwrap()), "{name} round {round}");
+            assert_eq!(line[8], format!("{} / {}", d["flagged"], d["noisy"]), "{name} round {round}");
+        }
+    }
+    // A folder without saved logits is an error that says how to get them.
+    let empty = out.parent().unwrap().join("empty");
+    std::fs::create_dir_all(empty.join("draws")).unwrap();
+    let o = h2e(&["bench", "rescore", empty.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--save-logits"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// The second half of the quick benchmark test (it reuses its output): a

@@ -16,6 +16,28 @@ pub enum BenchCmd {
     Quality(QualityArgs),
     /// Images/s of the small CNN's training step and inference on each backend (JSON on stdout).
     Speed(SpeedArgs),
+    /// Recompute an operating point on every round from the logits `quality --save-logits` saved (trains nothing).
+    Rescore(RescoreArgs),
+}
+
+/// `h2e bench rescore` flags.
+#[derive(Debug, Args)]
+pub struct RescoreArgs {
+    /// A `bench quality` output folder run with --save-logits (its draws/
+    /// holds NAME.h2e.logits.safetensors files).
+    pub folder: PathBuf,
+    /// Only draws whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Flagging rule (default: agreement-noise-rate).
+    #[arg(long)]
+    pub operating_point: Option<h2e::score::Rule>,
+    /// Score floor (default: the rule's; 0 turns it off).
+    #[arg(long)]
+    pub min_score: Option<f32>,
+    /// Which classes the score floor spares (default any-flip).
+    #[arg(long)]
+    pub floor_exempt: Option<h2e::score::FloorExempt>,
 }
 
 /// `h2e bench speed` flags.
@@ -93,13 +115,70 @@ pub struct QualityArgs {
     /// majority-flip; both are reported anyway at the floors above).
     #[arg(long)]
     pub floor_exempt: Option<h2e::score::FloorExempt>,
+    /// Also save every h2e round's identifier logits on the draw
+    /// (draws/NAME.h2e.logits.safetensors, about samples x classes x 4
+    /// bytes a round), for `h2e bench rescore`.
+    #[arg(long)]
+    pub save_logits: bool,
 }
 
 pub fn bench(cmd: BenchCmd) -> Result<i32> {
     match cmd {
         BenchCmd::Quality(a) => quality(a),
         BenchCmd::Speed(a) => speed(a),
+        BenchCmd::Rescore(a) => rescore(a),
     }
+}
+
+fn rescore(a: RescoreArgs) -> Result<i32> {
+    let rule = a.operating_point.unwrap_or_default();
+    let op = h2e::score::OperatingPoint {
+        rule,
+        min_score: h2e::score::min_score_for(rule, a.min_score),
+        floor_exempt: a.floor_exempt.unwrap_or_default(),
+        ..Default::default()
+    };
+    op.validate()?;
+    let draws = a.folder.join("draws");
+    let entries = std::fs::read_dir(&draws).with_context(|| format!("reading {}", draws.display()))?;
+    let mut files: Vec<(String, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let draw = name.strip_suffix(".h2e.logits.safetensors")?.to_string();
+            a.only.as_deref().is_none_or(|o| draw.contains(o)).then(|| (draw, e.path()))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!(
+            "{} holds no round logits{}; run `h2e bench quality --save-logits` first",
+            draws.display(),
+            a.only.as_deref().map(|o| format!(" of draws matching `{o}`")).unwrap_or_default()
+        );
+    }
+    eprintln!("{op} on {} draws", files.len());
+    let mut md = String::from(
+        "| draw | round | P | R | F1 | F1 head | F1 tail | AUROC | flagged / noisy |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (draw, path) in &files {
+        let saved = h2e::rescore::SavedLogits::read(path)?;
+        for (round, m) in saved.rescore(&op).with_context(|| format!("rescoring {}", path.display()))? {
+            md.push_str(&format!(
+                "| {draw} | {round} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} / {} |\n",
+                m.precision,
+                m.recall,
+                m.f1,
+                m.head.f1,
+                m.tail.f1,
+                m.auroc.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
+                m.flagged,
+                m.noisy
+            ));
+        }
+    }
+    print!("{md}");
+    Ok(0)
 }
 
 fn speed(a: SpeedArgs) -> Result<i32> {
@@ -172,6 +251,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
         &selected.device,
         selected.backend,
         missing,
+        a.save_logits,
         &progress,
         &mut |r| {
             eprintln!(
