@@ -20,7 +20,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
 use crate::metrics::DetectionMetrics;
-use crate::score::OperatingPoint;
+use crate::score::{self, FloorRounds, OperatingPoint};
 use crate::train::RoundLogits;
 
 /// One draw's saved round logits with the labels they were scored against.
@@ -140,19 +140,26 @@ impl SavedLogits {
     }
 
     /// Detection quality of `op` on every round's scores:
-    /// `(round, metrics)`.
-    pub fn rescore(&self, op: &OperatingPoint) -> Result<Vec<(usize, DetectionMetrics)>> {
+    /// `(round, metrics)`. With [`FloorRounds::Every`], round `r`'s score
+    /// floor reads each sample's lowest noise score over rounds 1 to `r`.
+    pub fn rescore(&self, op: &OperatingPoint, floor_rounds: FloorRounds) -> Result<Vec<(usize, DetectionMetrics)>> {
         op.validate()?;
         let truth: Vec<bool> = self.labels.iter().zip(&self.true_labels).map(|(l, t)| l != t).collect();
-        self.rounds
-            .iter()
-            .map(|r| {
-                let s = crate::score::score_logits(&r.logits, self.classes, &self.labels, &r.tau, &r.log_prior, op)?;
-                let m =
-                    crate::metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &self.labels, self.classes)?;
-                Ok((r.round, m))
-            })
-            .collect()
+        let mut earlier: Vec<Vec<f32>> = Vec::new();
+        let mut out = Vec::new();
+        for r in &self.rounds {
+            let per = score::per_samples(&r.logits, self.classes, &self.labels, &r.tau, &r.log_prior);
+            let probs = score::adjusted_probabilities(&r.logits, self.classes, &r.tau, &r.log_prior);
+            let history: Vec<&[f32]> = match floor_rounds {
+                FloorRounds::Every => earlier.iter().map(Vec::as_slice).collect(),
+                FloorRounds::Last => Vec::new(),
+            };
+            let s = score::apply_over_rounds(&per, Some(&probs), &self.labels, self.classes, op, &history)?;
+            let m = crate::metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &self.labels, self.classes)?;
+            out.push((r.round, m));
+            earlier.push(per.iter().map(|p| p.noise_score).collect());
+        }
+        Ok(out)
     }
 }
 
@@ -187,7 +194,7 @@ mod tests {
         let back = SavedLogits::read(&path).unwrap();
         assert_eq!(back, s);
         let op = OperatingPoint { rule: Rule::Argmax, min_score: None, ..Default::default() };
-        let rows = back.rescore(&op).unwrap();
+        let rows = back.rescore(&op, FloorRounds::Last).unwrap();
         assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
         // Argmax flags exactly the two mislabelled samples.
         assert_eq!(rows[0].1.flagged, 2);
@@ -200,7 +207,16 @@ mod tests {
             floor_exempt: FloorExempt::AnyFlip,
             ..Default::default()
         };
-        assert_eq!(back.rescore(&floor).unwrap()[1].1.flagged, 0);
+        assert_eq!(back.rescore(&floor, FloorRounds::Last).unwrap()[1].1.flagged, 0);
+        // Over every round, a flag of round 2 also needs round 1 to doubt
+        // the label: make round 1 sure of sample 4's given label.
+        let mut doubtful = back.clone();
+        doubtful.rounds[0].logits[12..15].copy_from_slice(&[0.0, 0.0, 5.0]);
+        let floor = OperatingPoint { rule: Rule::Argmax, min_score: Some(0.5), min_per_class: 0, ..Default::default() };
+        let last = doubtful.rescore(&floor, FloorRounds::Last).unwrap();
+        let every = doubtful.rescore(&floor, FloorRounds::Every).unwrap();
+        assert_eq!((last[0].1.flagged, last[1].1.flagged), (1, 2));
+        assert_eq!((every[0].1.flagged, every[1].1.flagged), (1, 1));
         std::fs::remove_dir_all(&dir).ok();
     }
 

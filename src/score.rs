@@ -242,6 +242,46 @@ impl std::str::FromStr for FloorExempt {
     }
 }
 
+/// The suffix of a benchmark operating point whose floor reads every
+/// round ([`FloorRounds::Every`]): `agreement-noise-rate+min-score=0.9+any-flip+every-round`.
+pub const EVERY_ROUND: &str = "every-round";
+
+/// Which rounds' identifiers a training run's score floor reads
+/// ([`OperatingPoint::min_score`] on the final flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FloorRounds {
+    /// The final round's noise score only (also what `filter` and a saved
+    /// identifier can do: they hold the final identifier alone).
+    #[default]
+    Last,
+    /// Each sample's lowest noise score over every round
+    /// ([`apply_over_rounds`]). The final round trained without what round
+    /// 1 flagged; on uniform rho 10 noise 0.2 seed 0, 854 of its 919 false
+    /// flags are such samples.
+    Every,
+}
+
+impl std::fmt::Display for FloorRounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FloorRounds::Last => "last",
+            FloorRounds::Every => "every",
+        })
+    }
+}
+
+impl std::str::FromStr for FloorRounds {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<FloorRounds> {
+        match s {
+            "last" => Ok(FloorRounds::Last),
+            "every" => Ok(FloorRounds::Every),
+            _ => Err(crate::Error::Argument(format!("unknown floor rounds {s:?}; expected last or every"))),
+        }
+    }
+}
+
 /// Operating point: the rule plus caps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -346,6 +386,27 @@ pub fn apply(
     classes: usize,
     op: &OperatingPoint,
 ) -> Result<Scores> {
+    apply_over_rounds(per, probs, labels, classes, op, &[])
+}
+
+/// [`apply`], with the score floor ([`OperatingPoint::min_score`]) applied
+/// to each sample's lowest noise score over this round and the `earlier`
+/// rounds' identifiers (one noise score per sample each): a flag needs
+/// every round's identifier to doubt the label that much. A later round
+/// trained without the samples an earlier one flagged, so it scores those
+/// out of sample, and a clean but unusual sample it never saw can look
+/// surely mislabelled to it alone (see [`FloorRounds::Every`]).
+pub fn apply_over_rounds(
+    per: &[SampleScore],
+    probs: Option<&[f32]>,
+    labels: &[usize],
+    classes: usize,
+    op: &OperatingPoint,
+    earlier: &[&[f32]],
+) -> Result<Scores> {
+    if let Some(e) = earlier.iter().find(|e| e.len() != per.len()) {
+        return Err(Error::Argument(format!("{} earlier noise scores for {} samples", e.len(), per.len())));
+    }
     let needs_probs = || {
         probs
             .ok_or_else(|| Error::Argument(format!("the {} operating point needs the adjusted probabilities", op.rule)))
@@ -383,8 +444,9 @@ pub fn apply(
         Rule::AgreementNoiseRate => noise_rate_cap(agreement(), true)?,
     };
     if let Some(floor) = op.min_score {
-        for ((f, s), &l) in flagged.iter_mut().zip(per).zip(labels) {
-            if *f && s.noise_score < floor && !floor_free.get(l).copied().unwrap_or(false) {
+        for (i, ((f, s), &l)) in flagged.iter_mut().zip(per).zip(labels).enumerate() {
+            let lowest = earlier.iter().fold(s.noise_score, |m, e| m.min(e[i]));
+            if *f && lowest < floor && !floor_free.get(l).copied().unwrap_or(false) {
                 *f = false;
             }
         }
@@ -595,8 +657,14 @@ pub fn score_logits(
 }
 
 /// [`per_sample`] over each labelled row of a row-major `[n, classes]`
-/// logits buffer.
-fn per_samples(logits: &[f32], classes: usize, labels: &[usize], tau: &[f32], log_prior: &[f32]) -> Vec<SampleScore> {
+/// logits buffer (the reference the scoring kernel is tested against).
+pub fn per_samples(
+    logits: &[f32],
+    classes: usize,
+    labels: &[usize],
+    tau: &[f32],
+    log_prior: &[f32],
+) -> Vec<SampleScore> {
     logits.chunks_exact(classes).zip(labels).map(|(row, &l)| per_sample(row, Some(l), tau, log_prior)).collect()
 }
 
@@ -980,5 +1048,32 @@ mod tests {
         assert!(anr.flagged.iter().zip(&agree.flagged).all(|(a, g)| !a || *g));
         let per = per_samples(&logits, 3, &labels, &zero, &zero);
         assert_eq!(flip_shares(&per, &agree.flagged, &labels, 3)[2], (0.5, 0));
+    }
+
+    #[test]
+    fn a_floor_over_rounds_needs_every_round_to_doubt_the_label() {
+        // Two classes; samples 0-2 carry label 0 but look like class 1 to
+        // this round (noise scores about 0.95); sample 3 is clean.
+        let logits: Vec<f32> = [[0.0f32, 3.0], [0.0, 3.0], [0.0, 3.0], [3.0, 0.0]].concat();
+        let labels = [0, 0, 0, 0];
+        let zero = [0.0; 2];
+        let per = per_samples(&logits, 2, &labels, &zero, &zero);
+        let op = OperatingPoint { rule: Rule::Argmax, min_per_class: 0, min_score: Some(0.9), ..Default::default() };
+        let last = apply(&per, None, &labels, 2, &op).unwrap();
+        assert_eq!(last.flagged, vec![true, true, true, false]);
+        // An earlier round doubted sample 1 less than the floor, sample 2
+        // exactly at it: only sample 1 loses its flag.
+        let earlier = [0.95f32, 0.4, 0.9, 0.99];
+        let every = apply_over_rounds(&per, None, &labels, 2, &op, &[&earlier]).unwrap();
+        assert_eq!(every.flagged, vec![true, false, true, false]);
+        // The earlier round's score only reaches the floor: no floor, no change.
+        let no_floor = OperatingPoint { min_score: None, ..op };
+        assert_eq!(apply_over_rounds(&per, None, &labels, 2, &no_floor, &[&earlier]).unwrap().flagged, last.flagged);
+        // The reported score stays this round's.
+        assert_eq!(every.noise_score, last.noise_score);
+        assert!(apply_over_rounds(&per, None, &labels, 2, &op, &[&earlier[..3]]).is_err());
+        assert_eq!("every".parse::<FloorRounds>().unwrap(), FloorRounds::Every);
+        assert_eq!(FloorRounds::Last.to_string(), "last");
+        assert!("all".parse::<FloorRounds>().unwrap_err().to_string().contains("expected last or every"));
     }
 }

@@ -25,7 +25,9 @@ use crate::metrics::{self, AccuracyMetrics, DetectionMetrics};
 use crate::model::{BackboneKind, Head, Net};
 use crate::progress::{Event, Progress};
 use crate::rng::Rng;
-use crate::score::{self, ClassEstimate, FloorExempt, OperatingPoint, Rule, SampleScore, Scores, SCORE_FLOORS};
+use crate::score::{
+    self, ClassEstimate, FloorExempt, FloorRounds, OperatingPoint, Rule, SampleScore, Scores, EVERY_ROUND, SCORE_FLOORS,
+};
 
 /// Upper bound of the learned per-class tau (projected after every
 /// stage-B step; the lower bound is 0, no adjustment).
@@ -143,6 +145,10 @@ pub struct TrainConfig {
     pub classifier_min_keep: f32,
     /// How flags are decided.
     pub operating_point: OperatingPoint,
+    /// Which rounds' identifiers the score floor reads on the final flags
+    /// (h2e): the last one (the default) or every one, each sample's
+    /// lowest noise score ([`score::apply_over_rounds`]).
+    pub floor_rounds: FloorRounds,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -178,6 +184,7 @@ impl Default for TrainConfig {
             classifier_lr: None,
             classifier_min_keep: 0.5,
             operating_point: OperatingPoint::default(),
+            floor_rounds: FloorRounds::default(),
             seed: 0,
         }
     }
@@ -1051,12 +1058,15 @@ impl<'a> Engine<'a> {
     }
 
     /// Metrics of each operating point's flags (the configured caps kept)
-    /// on one round's scores.
+    /// on one round's scores; after round 1, also the default rule with
+    /// `any-flip` at each floor over every round so far (`earlier`: each
+    /// earlier round's noise scores), named with `+every-round`.
     fn operating_points(
         &self,
         set: &TensorSet,
         per: &[SampleScore],
         probs: &[f32],
+        earlier: &[Vec<f32>],
     ) -> Result<Vec<(String, DetectionMetrics)>> {
         let Some(truth) = set.noise_mask() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
@@ -1073,9 +1083,22 @@ impl<'a> Engine<'a> {
             })
         });
         let points = Rule::NAMED.into_iter().map(|rule| OperatingPoint { rule, ..base }).chain(floors);
-        for op in points {
-            let name = op.to_string();
-            let s = score::apply(per, Some(probs), &set.labels, self.classes, &op)?;
+        let history: Vec<&[f32]> = earlier.iter().map(Vec::as_slice).collect();
+        let every_round = SCORE_FLOORS.iter().filter(|_| !history.is_empty()).map(|&t| OperatingPoint {
+            rule: Rule::AgreementNoiseRate,
+            min_score: Some(t),
+            floor_exempt: FloorExempt::AnyFlip,
+            ..base
+        });
+        let points = points.map(|op| (op, false)).chain(every_round.map(|op| (op, true)));
+        for (op, over_rounds) in points {
+            let (name, s) = match over_rounds {
+                true => (
+                    format!("{op}+{EVERY_ROUND}"),
+                    score::apply_over_rounds(per, Some(probs), &set.labels, self.classes, &op, &history)?,
+                ),
+                false => (op.to_string(), score::apply(per, Some(probs), &set.labels, self.classes, &op)?),
+            };
             out.push((
                 name,
                 metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &set.labels, self.classes)?,
@@ -1150,6 +1173,8 @@ impl<'a> Engine<'a> {
             Method::H2e => {
                 let mut keep = all.clone();
                 let mut last = None;
+                // Every finished round's noise scores, for FloorRounds::Every.
+                let mut earlier: Vec<Vec<f32>> = Vec::new();
                 let mut first_net = None;
                 for r in 1..=cfg.rounds {
                     let t = Instant::now();
@@ -1176,14 +1201,19 @@ impl<'a> Engine<'a> {
                     let (per, out) = self.score_all(&net.valid(), &head, train, &lp, &name, want)?;
                     let probs = out.as_ref().map(|(_, p)| p.as_slice());
                     let op = round_operating_point(&cfg.operating_point, r, cfg.rounds);
-                    let scores = score::apply(&per, probs, &train.labels, self.classes, &op)?;
+                    let history: Vec<&[f32]> = match cfg.floor_rounds {
+                        FloorRounds::Every => earlier.iter().map(Vec::as_slice).collect(),
+                        FloorRounds::Last => Vec::new(),
+                    };
+                    let scores = score::apply_over_rounds(&per, probs, &train.labels, self.classes, &op, &history)?;
                     let tau = read_f32(head.tau.val(), "tau")?;
                     let mut report = self.round_report(train, r, keep.len(), &scores, tau.clone(), t)?;
                     if let Some(p) = probs {
-                        report.operating_points = self.operating_points(train, &per, p)?;
+                        report.operating_points = self.operating_points(train, &per, p, &earlier)?;
                         report.class_estimates = score::class_estimates(&per, p, &train.labels, self.classes)?;
                     }
                     rounds.push(report);
+                    earlier.push(per.iter().map(|s| s.noise_score).collect());
                     if let (true, Some((logits, _))) = (self.round_logits, out) {
                         round_logits.push(RoundLogits { round: r, logits, tau, log_prior: lp.clone() });
                     }

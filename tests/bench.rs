@@ -90,10 +90,14 @@ fn quick_quality_benchmark_covers_every_method_and_round() {
 /// training, what the run itself reported for the same operating point.
 fn rescoring_the_saved_logits_gives_the_runs_figures(out: &Path, rows: &[serde_json::Value]) {
     assert!(out.join("draws/uniform-rho10-r0.3-s0.h2e.logits.safetensors").exists());
-    for (args, name) in [
-        (vec!["--operating-point", "argmax"], "argmax"),
-        (vec!["--min-score", "0.9", "--floor-exempt", "any-flip"], "agreement-noise-rate+min-score=0.9+any-flip"),
-        (vec!["--min-score", "0.8", "--floor-exempt", "majority-flip"], "agreement-noise-rate+min-score=0.8"),
+    let floor = "agreement-noise-rate+min-score=0.9+any-flip";
+    let every = format!("{floor}+every-round");
+    for (args, names) in [
+        (vec!["--operating-point", "argmax"], ["argmax"; 2]),
+        (vec!["--min-score", "0.9", "--floor-exempt", "any-flip"], [floor; 2]),
+        (vec!["--min-score", "0.8", "--floor-exempt", "majority-flip"], ["agreement-noise-rate+min-score=0.8"; 2]),
+        // Over every round: round 1 has no earlier round, so it is the plain floor.
+        (vec!["--min-score", "0.9", "--floor-rounds", "every"], [floor, every.as_str()]),
     ] {
         let mut cmd = vec!["bench", "rescore", out.to_str().unwrap()];
         cmd.extend(args);
@@ -106,7 +110,7 @@ fn rescoring_the_saved_logits_gives_the_runs_figures(out: &Path, rows: &[serde_j
             .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
             .collect();
         assert_eq!(lines.len(), 2, "one line per round: {text}");
-        for (round, line) in [1u64, 2].into_iter().zip(&lines) {
+        for ((round, line), name) in [1u64, 2].into_iter().zip(&lines).zip(names) {
             let r = rows
                 .iter()
                 .find(|r| r["method"] == "h2e" && r["round"] == round && r["operating_point"] == name)
@@ -119,6 +123,14 @@ fn rescoring_the_saved_logits_gives_the_runs_figures(out: &Path, rows: &[serde_j
             assert_eq!(line[8], format!("{} / {}", d["flagged"], d["noisy"]), "{name} round {round}");
         }
     }
+    // The floor over every round only removes flags, and is reported from round 2 only.
+    let flagged = |round: u64, name: &str| {
+        rows.iter()
+            .find(|r| r["method"] == "h2e" && r["round"] == round && r["operating_point"] == name)
+            .map(|r| r["detection"]["flagged"].as_u64().unwrap())
+    };
+    assert!(flagged(1, &every).is_none());
+    assert!(flagged(2, &every).unwrap() <= flagged(2, floor).unwrap());
     // A folder without saved logits is an error that says how to get them.
     let empty = out.parent().unwrap().join("empty");
     std::fs::create_dir_all(empty.join("draws")).unwrap();

@@ -38,6 +38,10 @@ pub struct RescoreArgs {
     /// Which classes the score floor spares (default any-flip).
     #[arg(long)]
     pub floor_exempt: Option<h2e::score::FloorExempt>,
+    /// Which rounds the score floor reads: last, or every (each sample's
+    /// lowest noise score over rounds 1 to the one reported).
+    #[arg(long, default_value = "last")]
+    pub floor_rounds: h2e::score::FloorRounds,
 }
 
 /// `h2e bench speed` flags.
@@ -115,6 +119,11 @@ pub struct QualityArgs {
     /// majority-flip; both are reported anyway at the floors above).
     #[arg(long)]
     pub floor_exempt: Option<h2e::score::FloorExempt>,
+    /// Which rounds h2e's score floor reads on its own rows: last or every
+    /// (the default rule with any-flip over every round is reported anyway,
+    /// from round 2, with `+every-round`).
+    #[arg(long)]
+    pub floor_rounds: Option<h2e::score::FloorRounds>,
     /// Also save every h2e round's identifier logits on the draw
     /// (draws/NAME.h2e.logits.safetensors, about samples x classes x 4
     /// bytes a round), for `h2e bench rescore`.
@@ -157,13 +166,14 @@ fn rescore(a: RescoreArgs) -> Result<i32> {
             a.only.as_deref().map(|o| format!(" of draws matching `{o}`")).unwrap_or_default()
         );
     }
-    eprintln!("{op} on {} draws", files.len());
+    let every = a.floor_rounds == h2e::score::FloorRounds::Every;
+    eprintln!("{op}{} on {} draws", if every { "+every-round" } else { "" }, files.len());
     let mut md = String::from(
         "| draw | round | P | R | F1 | F1 head | F1 tail | AUROC | flagged / noisy |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for (draw, path) in &files {
         let saved = h2e::rescore::SavedLogits::read(path)?;
-        for (round, m) in saved.rescore(&op).with_context(|| format!("rescoring {}", path.display()))? {
+        for (round, m) in saved.rescore(&op, a.floor_rounds).with_context(|| format!("rescoring {}", path.display()))? {
             md.push_str(&format!(
                 "| {draw} | {round} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} / {} |\n",
                 m.precision,
@@ -230,6 +240,9 @@ fn quality(a: QualityArgs) -> Result<i32> {
     cfg.operating_point.min_score = h2e::score::min_score_for(cfg.operating_point.rule, a.min_score);
     if let Some(e) = a.floor_exempt {
         cfg.operating_point.floor_exempt = e;
+    }
+    if let Some(r) = a.floor_rounds {
+        cfg.floor_rounds = r;
     }
     cfg.validate()?;
     if let Some(part) = a.shard {

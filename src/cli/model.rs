@@ -94,6 +94,13 @@ pub struct TrainArgs {
     /// to be mostly noise, and the classes they flip into).
     #[arg(long, default_value = "any-flip")]
     pub floor_exempt: FloorExempt,
+    /// Which rounds' identifiers the score floor reads (h2e): last (the
+    /// final round's noise score) or every (each sample's lowest noise
+    /// score over all rounds; the final round never saw what round 1
+    /// flagged). Only the training set's flags and stage 2 use it: the
+    /// saved identifier holds the final round alone.
+    #[arg(long, default_value = "last")]
+    pub floor_rounds: h2e::score::FloorRounds,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -172,6 +179,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             min_score: min_score_for(rule, a.min_score),
             floor_exempt: a.floor_exempt,
         },
+        floor_rounds: a.floor_rounds,
         seed: a.seed,
         ..TrainConfig::default()
     };
