@@ -148,16 +148,19 @@ impl SavedLogits {
         let mut earlier: Vec<Vec<f32>> = Vec::new();
         let mut out = Vec::new();
         for r in &self.rounds {
-            let per = score::per_samples(&r.logits, self.classes, &self.labels, &r.tau, &r.log_prior);
-            let probs = score::adjusted_probabilities(&r.logits, self.classes, &r.tau, &r.log_prior);
-            let history: Vec<&[f32]> = match floor_rounds {
-                FloorRounds::Every => earlier.iter().map(Vec::as_slice).collect(),
-                FloorRounds::Last => Vec::new(),
-            };
-            let s = score::apply_over_rounds(&per, Some(&probs), &self.labels, self.classes, op, &history)?;
+            let history = floor_rounds.history(&earlier);
+            let s = score::score_logits_over_rounds(
+                &r.logits,
+                self.classes,
+                &self.labels,
+                &r.tau,
+                &r.log_prior,
+                op,
+                &history,
+            )?;
             let m = crate::metrics::detection_metrics(&s.flagged, &s.noise_score, &truth, &self.labels, self.classes)?;
             out.push((r.round, m));
-            earlier.push(per.iter().map(|p| p.noise_score).collect());
+            earlier.push(s.noise_score);
         }
         Ok(out)
     }

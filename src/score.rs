@@ -262,6 +262,18 @@ pub enum FloorRounds {
     Every,
 }
 
+impl FloorRounds {
+    /// The earlier rounds' noise scores a floor under `self` reads: all of
+    /// `earlier` with [`FloorRounds::Every`], none with [`FloorRounds::Last`]
+    /// (the `earlier` argument of [`apply_over_rounds`]).
+    pub fn history(self, earlier: &[Vec<f32>]) -> Vec<&[f32]> {
+        match self {
+            FloorRounds::Every => earlier.iter().map(Vec::as_slice).collect(),
+            FloorRounds::Last => Vec::new(),
+        }
+    }
+}
+
 impl std::fmt::Display for FloorRounds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -652,19 +664,28 @@ pub fn score_logits(
     log_prior: &[f32],
     op: &OperatingPoint,
 ) -> Result<Scores> {
-    let per = per_samples(logits, classes, labels, tau, log_prior);
-    apply(&per, Some(&adjusted_probabilities(logits, classes, tau, log_prior)), labels, classes, op)
+    score_logits_over_rounds(logits, classes, labels, tau, log_prior, op, &[])
 }
 
-/// [`per_sample`] over each labelled row of a row-major `[n, classes]`
-/// logits buffer (the reference the scoring kernel is tested against).
-pub fn per_samples(
+/// [`score_logits`] with the score floor over this and the `earlier`
+/// rounds' noise scores ([`apply_over_rounds`]).
+pub fn score_logits_over_rounds(
     logits: &[f32],
     classes: usize,
     labels: &[usize],
     tau: &[f32],
     log_prior: &[f32],
-) -> Vec<SampleScore> {
+    op: &OperatingPoint,
+    earlier: &[&[f32]],
+) -> Result<Scores> {
+    let per = per_samples(logits, classes, labels, tau, log_prior);
+    let probs = adjusted_probabilities(logits, classes, tau, log_prior);
+    apply_over_rounds(&per, Some(&probs), labels, classes, op, earlier)
+}
+
+/// [`per_sample`] over each labelled row of a row-major `[n, classes]`
+/// logits buffer.
+fn per_samples(logits: &[f32], classes: usize, labels: &[usize], tau: &[f32], log_prior: &[f32]) -> Vec<SampleScore> {
     logits.chunks_exact(classes).zip(labels).map(|(row, &l)| per_sample(row, Some(l), tau, log_prior)).collect()
 }
 

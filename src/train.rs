@@ -1083,7 +1083,7 @@ impl<'a> Engine<'a> {
             })
         });
         let points = Rule::NAMED.into_iter().map(|rule| OperatingPoint { rule, ..base }).chain(floors);
-        let history: Vec<&[f32]> = earlier.iter().map(Vec::as_slice).collect();
+        let history = FloorRounds::Every.history(earlier);
         let every_round = SCORE_FLOORS.iter().filter(|_| !history.is_empty()).map(|&t| OperatingPoint {
             rule: Rule::AgreementNoiseRate,
             min_score: Some(t),
@@ -1201,10 +1201,7 @@ impl<'a> Engine<'a> {
                     let (per, out) = self.score_all(&net.valid(), &head, train, &lp, &name, want)?;
                     let probs = out.as_ref().map(|(_, p)| p.as_slice());
                     let op = round_operating_point(&cfg.operating_point, r, cfg.rounds);
-                    let history: Vec<&[f32]> = match cfg.floor_rounds {
-                        FloorRounds::Every => earlier.iter().map(Vec::as_slice).collect(),
-                        FloorRounds::Last => Vec::new(),
-                    };
+                    let history = cfg.floor_rounds.history(&earlier);
                     let scores = score::apply_over_rounds(&per, probs, &train.labels, self.classes, &op, &history)?;
                     let tau = read_f32(head.tau.val(), "tau")?;
                     let mut report = self.round_report(train, r, keep.len(), &scores, tau.clone(), t)?;

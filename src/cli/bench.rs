@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use h2e::bench::{draw_name, grid, quick_config, quick_grid, run, shard, summarise, summary_table, table, Missing};
 use h2e::data::open_source;
 use h2e::device::{select, DeviceChoice};
+use h2e::score::{min_score_for, FloorExempt, FloorRounds, OperatingPoint, Rule, EVERY_ROUND};
 use h2e::train::{Method, TrainConfig};
 use std::path::PathBuf;
 
@@ -31,17 +32,17 @@ pub struct RescoreArgs {
     pub only: Option<String>,
     /// Flagging rule (default: agreement-noise-rate).
     #[arg(long)]
-    pub operating_point: Option<h2e::score::Rule>,
+    pub operating_point: Option<Rule>,
     /// Score floor (default: the rule's; 0 turns it off).
     #[arg(long)]
     pub min_score: Option<f32>,
     /// Which classes the score floor spares (default any-flip).
     #[arg(long)]
-    pub floor_exempt: Option<h2e::score::FloorExempt>,
+    pub floor_exempt: Option<FloorExempt>,
     /// Which rounds the score floor reads: last, or every (each sample's
     /// lowest noise score over rounds 1 to the one reported).
     #[arg(long, default_value = "last")]
-    pub floor_rounds: h2e::score::FloorRounds,
+    pub floor_rounds: FloorRounds,
 }
 
 /// `h2e bench speed` flags.
@@ -108,7 +109,7 @@ pub struct QualityArgs {
     /// h2e's flagging rule between rounds and for its own rows (every rule
     /// is reported anyway, on this rule's rounds).
     #[arg(long)]
-    pub operating_point: Option<h2e::score::Rule>,
+    pub operating_point: Option<Rule>,
     /// Score floor on h2e's final flags, its own rows (default 0.9 with
     /// agreement-noise-rate, none with the other rules; 0 turns it off; the
     /// default rule without a floor and at floors 0.8, 0.9 and 0.95 with
@@ -118,12 +119,12 @@ pub struct QualityArgs {
     /// Which classes h2e's score floor spares (default any-flip, or
     /// majority-flip; both are reported anyway at the floors above).
     #[arg(long)]
-    pub floor_exempt: Option<h2e::score::FloorExempt>,
+    pub floor_exempt: Option<FloorExempt>,
     /// Which rounds h2e's score floor reads on its own rows: last or every
     /// (the default rule with any-flip over every round is reported anyway,
     /// from round 2, with `+every-round`).
     #[arg(long)]
-    pub floor_rounds: Option<h2e::score::FloorRounds>,
+    pub floor_rounds: Option<FloorRounds>,
     /// Also save every h2e round's identifier logits on the draw
     /// (draws/NAME.h2e.logits.safetensors, about samples x classes x 4
     /// bytes a round), for `h2e bench rescore`.
@@ -139,14 +140,25 @@ pub fn bench(cmd: BenchCmd) -> Result<i32> {
     }
 }
 
-fn rescore(a: RescoreArgs) -> Result<i32> {
-    let rule = a.operating_point.unwrap_or_default();
-    let op = h2e::score::OperatingPoint {
+/// `base` with a command line's rule, score floor (the rule's default when
+/// not given, 0 for none) and floor exemption, each kept when not given.
+fn with_flags(
+    base: OperatingPoint,
+    rule: Option<Rule>,
+    min_score: Option<f32>,
+    floor_exempt: Option<FloorExempt>,
+) -> OperatingPoint {
+    let rule = rule.unwrap_or(base.rule);
+    OperatingPoint {
         rule,
-        min_score: h2e::score::min_score_for(rule, a.min_score),
-        floor_exempt: a.floor_exempt.unwrap_or_default(),
-        ..Default::default()
-    };
+        min_score: min_score_for(rule, min_score),
+        floor_exempt: floor_exempt.unwrap_or(base.floor_exempt),
+        ..base
+    }
+}
+
+fn rescore(a: RescoreArgs) -> Result<i32> {
+    let op = with_flags(OperatingPoint::default(), a.operating_point, a.min_score, a.floor_exempt);
     op.validate()?;
     let draws = a.folder.join("draws");
     let entries = std::fs::read_dir(&draws).with_context(|| format!("reading {}", draws.display()))?;
@@ -166,8 +178,11 @@ fn rescore(a: RescoreArgs) -> Result<i32> {
             a.only.as_deref().map(|o| format!(" of draws matching `{o}`")).unwrap_or_default()
         );
     }
-    let every = a.floor_rounds == h2e::score::FloorRounds::Every;
-    eprintln!("{op}{} on {} draws", if every { "+every-round" } else { "" }, files.len());
+    let every = match a.floor_rounds {
+        FloorRounds::Every => format!("+{EVERY_ROUND}"),
+        FloorRounds::Last => String::new(),
+    };
+    eprintln!("{op}{every} on {} draws", files.len());
     let mut md = String::from(
         "| draw | round | P | R | F1 | F1 head | F1 tail | AUROC | flagged / noisy |\n|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -234,13 +249,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
     let mut cfg = if a.quick { quick_config() } else { TrainConfig::default() };
     cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
     cfg.classifier = a.classifier;
-    if let Some(rule) = a.operating_point {
-        cfg.operating_point.rule = rule;
-    }
-    cfg.operating_point.min_score = h2e::score::min_score_for(cfg.operating_point.rule, a.min_score);
-    if let Some(e) = a.floor_exempt {
-        cfg.operating_point.floor_exempt = e;
-    }
+    cfg.operating_point = with_flags(cfg.operating_point, a.operating_point, a.min_score, a.floor_exempt);
     if let Some(r) = a.floor_rounds {
         cfg.floor_rounds = r;
     }
