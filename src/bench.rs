@@ -228,13 +228,13 @@ pub fn run(
             if logits_to.is_some() {
                 engine = engine.with_round_logits();
             }
-            let trained = engine.run(train, test.as_ref(), backend)?;
+            let mut trained = engine.run(train, test.as_ref(), backend)?;
             if let (Some(path), Some(true_labels)) = (&logits_to, &train.true_labels) {
                 let saved = SavedLogits {
                     classes: train.classes.len(),
                     labels: train.labels.clone(),
                     true_labels: true_labels.clone(),
-                    rounds: trained.round_logits.clone(),
+                    rounds: std::mem::take(&mut trained.round_logits),
                 };
                 crate::fsutil::write_atomic(path, &saved.to_bytes()?)?;
             }
