@@ -149,6 +149,11 @@ pub struct TrainConfig {
     /// (h2e): the last one (the default) or every one, each sample's
     /// lowest noise score ([`score::apply_over_rounds`]).
     pub floor_rounds: FloorRounds,
+    /// Score floor on the flags that remove samples between rounds (h2e,
+    /// every round before the last); `None` (the default): none, the
+    /// operating point without its floor ([`round_operating_point`]). The
+    /// final flags keep the operating point's own floor.
+    pub round_min_score: Option<f32>,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -185,6 +190,7 @@ impl Default for TrainConfig {
             classifier_min_keep: 0.5,
             operating_point: OperatingPoint::default(),
             floor_rounds: FloorRounds::default(),
+            round_min_score: None,
             seed: 0,
         }
     }
@@ -226,6 +232,11 @@ impl TrainConfig {
             return bad("momentum must be in [0, 1); weight decay, mixup alpha and IRM lambda must be >= 0".into());
         }
         self.operating_point.validate()?;
+        if let Some(t) = self.round_min_score {
+            if !(0.0..=1.0).contains(&t) {
+                return bad(format!("round-min-score must be in [0, 1], got {t}"));
+            }
+        }
         if let Some(s) = self.input_size {
             if !(8..=1024).contains(&s) {
                 return bad(format!("input size {s} must be within 8..=1024"));
@@ -240,14 +251,15 @@ impl TrainConfig {
 }
 
 /// The operating point of round `round` of `rounds`: the configured one,
-/// without its score floor before the last round. An earlier round's
-/// identifier is less sure of itself (on pair noise at rho 10, round 1
-/// scores most noisy samples under 0.9), so a floor there would keep
+/// with `between` ([`TrainConfig::round_min_score`], by default none) for
+/// its score floor before the last round. An earlier round's identifier
+/// is less sure of itself (on pair noise at rho 10, round 1 scores most
+/// noisy samples under 0.9), so the configured floor there would keep
 /// noise in the next round's training set; the final flags, the saved
 /// identifier's and stage 2's, get it.
-pub fn round_operating_point(op: &OperatingPoint, round: usize, rounds: usize) -> OperatingPoint {
+pub fn round_operating_point(op: &OperatingPoint, round: usize, rounds: usize, between: Option<f32>) -> OperatingPoint {
     if round < rounds {
-        OperatingPoint { min_score: None, ..*op }
+        OperatingPoint { min_score: between, ..*op }
     } else {
         *op
     }
@@ -1200,7 +1212,7 @@ impl<'a> Engine<'a> {
                     let name = format!("round {r}/{} scoring", cfg.rounds);
                     let (per, out) = self.score_all(&net.valid(), &head, train, &lp, &name, want)?;
                     let probs = out.as_ref().map(|(_, p)| p.as_slice());
-                    let op = round_operating_point(&cfg.operating_point, r, cfg.rounds);
+                    let op = round_operating_point(&cfg.operating_point, r, cfg.rounds, cfg.round_min_score);
                     let history = cfg.floor_rounds.history(&earlier);
                     let scores = score::apply_over_rounds(&per, probs, &train.labels, self.classes, &op, &history)?;
                     let tau = read_f32(head.tau.val(), "tau")?;

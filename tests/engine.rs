@@ -118,8 +118,9 @@ fn a_score_floor_applies_to_the_final_flags_only() {
     assert_eq!(rounds[1].train_samples, set.len() - rounds[0].flagged);
     assert!(rounds[1].flagged < row(1, "agreement-noise-rate"), "{} flags", rounds[1].flagged);
     assert_eq!(trained.scores.flagged.iter().filter(|&&f| f).count(), rounds[1].flagged);
-    assert_eq!(h2e::train::round_operating_point(&op, 1, 2).min_score, None);
-    assert_eq!(h2e::train::round_operating_point(&op, 2, 2), op);
+    assert_eq!(h2e::train::round_operating_point(&op, 1, 2, None).min_score, None);
+    assert_eq!(h2e::train::round_operating_point(&op, 1, 2, Some(0.8)).min_score, Some(0.8));
+    assert_eq!(h2e::train::round_operating_point(&op, 2, 2, Some(0.8)), op);
     // Every round reports both floor exemptions; `any-flip` spares a
     // superset of `majority-flip`'s classes, so it keeps at least as many
     // flags, and never more than the floor-free rule.
@@ -136,6 +137,27 @@ fn a_score_floor_applies_to_the_final_flags_only() {
         assert_eq!(est.iter().map(|e| e.samples).sum::<usize>(), set.len());
         assert!(est.iter().all(|e| (0.0..=1.0).contains(&e.noise_rate) && (0.0..=1.0).contains(&e.flip_share)));
     }
+}
+
+#[test]
+fn a_round_floor_keeps_more_samples_for_the_next_round() {
+    // `round_min_score` 1: round 1 removes only what no floor could drop
+    // (flipped pairs), fewer than the floor-free rule flags, and round 2
+    // trains on everything else; the final flags keep the configured
+    // (floor-free) operating point.
+    let set = synthetic(1);
+    let cfg = tiny(Method::H2e);
+    let op = h2e::score::OperatingPoint { min_score: None, ..cfg.operating_point };
+    let trained = run(&Device::flex(), TrainConfig { operating_point: op, round_min_score: Some(1.0), ..cfg }, &set);
+    let rounds = &trained.report.rounds;
+    let free =
+        |r: usize| rounds[r].operating_points.iter().find(|(n, _)| n == "agreement-noise-rate").unwrap().1.flagged;
+    assert!(free(0) > 0);
+    assert!(rounds[0].flagged < free(0), "{} of {} flags", rounds[0].flagged, free(0));
+    assert_eq!(rounds[1].train_samples, set.len() - rounds[0].flagged);
+    assert_eq!(rounds[1].flagged, free(1));
+    let bad = TrainConfig { round_min_score: Some(1.5), ..tiny(Method::H2e) };
+    assert!(bad.validate().unwrap_err().to_string().contains("round-min-score"));
 }
 
 #[test]

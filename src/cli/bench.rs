@@ -125,6 +125,10 @@ pub struct QualityArgs {
     /// from round 2, with `+every-round`).
     #[arg(long)]
     pub floor_rounds: Option<FloorRounds>,
+    /// Score floor on the flags that remove samples between h2e's rounds
+    /// (default: none; the final flags keep --min-score).
+    #[arg(long)]
+    pub round_min_score: Option<f32>,
     /// Also save every h2e round's identifier logits on the draw
     /// (draws/NAME.h2e.logits.safetensors, about samples x classes x 4
     /// bytes a round), for `h2e bench rescore`.
@@ -253,6 +257,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
     if let Some(r) = a.floor_rounds {
         cfg.floor_rounds = r;
     }
+    cfg.round_min_score = a.round_min_score.filter(|&t| t != 0.0);
     cfg.validate()?;
     if let Some(part) = a.shard {
         draws = shard(&draws, part);

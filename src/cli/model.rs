@@ -101,6 +101,11 @@ pub struct TrainArgs {
     /// saved identifier holds the final round alone.
     #[arg(long, default_value = "last")]
     pub floor_rounds: h2e::score::FloorRounds,
+    /// Score floor on the flags that remove samples between rounds (h2e;
+    /// default: none, so round 1 removes every flag of the rule without
+    /// its floor). The final flags keep --min-score.
+    #[arg(long)]
+    pub round_min_score: Option<f32>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -180,6 +185,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             floor_exempt: a.floor_exempt,
         },
         floor_rounds: a.floor_rounds,
+        round_min_score: a.round_min_score.filter(|&t| t != 0.0),
         seed: a.seed,
         ..TrainConfig::default()
     };
