@@ -332,9 +332,10 @@ impl Identifier {
         Ok(score::adjusted_probabilities(&raw, self.config.classes.len(), &self.config.tau, &self.log_prior()))
     }
 
-    /// The head's raw logits `W f + b` of a non-empty batch.
+    /// The head's raw logits `W f + b` of a non-empty batch (`f` averaged
+    /// over each image and its mirror when trained with `tta_flip`).
     fn raw_logits(&self, batch: &PackedBatch) -> Result<Tensor<2>> {
-        Ok(self.head.raw(self.net.backbone.forward(self.input(batch)?)))
+        Ok(self.head.raw(self.net.backbone.forward_mirrored(self.input(batch)?, self.config.train.tta_flip)))
     }
 
     /// A batch preprocessed as training did (after checking its channels).

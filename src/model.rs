@@ -200,6 +200,19 @@ impl Backbone {
             (None, None) => unreachable!("a Backbone is built with one network"),
         }
     }
+
+    /// [`forward`](Self::forward), or with `mirror` the mean of the features
+    /// of each image and of its horizontal mirror (test-time augmentation;
+    /// one forward pass over both). A linear head on the mean gives the mean
+    /// of its logits.
+    pub fn forward_mirrored(&self, x: Tensor<4>, mirror: bool) -> Tensor<2> {
+        if !mirror {
+            return self.forward(x);
+        }
+        let n = x.dims()[0];
+        let both = self.forward(Tensor::cat(vec![x.clone(), x.flip([3])], 0));
+        (both.clone().narrow(0, 0, n) + both.narrow(0, n, n)).mul_scalar(0.5)
+    }
 }
 
 /// Backbone plus a linear classifier.

@@ -57,6 +57,13 @@ pub fn min_score_for(rule: Rule, given: Option<f32>) -> Option<f32> {
     }
 }
 
+/// The floor between rounds ([`TrainConfig::round_min_score`](crate::train::TrainConfig::round_min_score))
+/// when a command line gives `given`: none unless given, and 0 turns it off,
+/// as with [`min_score_for`].
+pub fn round_min_score_for(given: Option<f32>) -> Option<f32> {
+    given.filter(|&t| t != 0.0)
+}
+
 /// The score floors ([`OperatingPoint::min_score`]) on the default rule that
 /// every h2e round reports besides the named rules, so that a benchmark
 /// grid measures them without a run per floor.
@@ -1018,6 +1025,11 @@ mod tests {
         assert_eq!(min_score_for(Rule::AgreementNoiseRate, Some(0.0)), None);
         assert_eq!(min_score_for(Rule::Argmax, Some(0.8)), Some(0.8));
         assert_eq!(min_score_for(Rule::Argmax, Some(-0.1)), Some(-0.1));
+        // The floor between rounds: none unless given, off at 0.
+        assert_eq!(round_min_score_for(None), None);
+        assert_eq!(round_min_score_for(Some(0.0)), None);
+        assert_eq!(round_min_score_for(Some(0.85)), Some(0.85));
+        assert_eq!(round_min_score_for(Some(1.5)), Some(1.5));
         // An operating point saved before the field existed.
         let old: OperatingPoint = serde_json::from_str(
             r#"{"rule":{"rule":"agreement-noise-rate"},"max_flag_rate":null,"min_per_class":1,"min_score":0.9}"#,

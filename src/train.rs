@@ -154,6 +154,11 @@ pub struct TrainConfig {
     /// operating point without its floor ([`round_operating_point`]). The
     /// final flags keep the operating point's own floor.
     pub round_min_score: Option<f32>,
+    /// Score with test-time augmentation (h2e): the identifier reads the
+    /// mean of each image's and its horizontal mirror's features, in every
+    /// round's scoring and in the saved identifier (`filter`). The
+    /// baselines and the test-set accuracies are unchanged.
+    pub tta_flip: bool,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -191,6 +196,7 @@ impl Default for TrainConfig {
             operating_point: OperatingPoint::default(),
             floor_rounds: FloorRounds::default(),
             round_min_score: None,
+            tta_flip: false,
             seed: 0,
         }
     }
@@ -815,13 +821,13 @@ impl<'a> Engine<'a> {
     }
 
     /// Features of `indices` (un-augmented) through a validation-mode network.
-    fn features(&self, net: &Net, set: &TensorSet, indices: &[usize], name: &str) -> Result<Tensor<2>> {
+    fn features(&self, net: &Net, set: &TensorSet, indices: &[usize], name: &str, mirror: bool) -> Result<Tensor<2>> {
         let params = self.config.params(self.size);
         let chunks: Vec<&[usize]> = indices.chunks(512).collect();
         stage(self.progress, name, chunks.len() as u64, || {
             let mut out = Vec::with_capacity(chunks.len());
             for (i, chunk) in chunks.iter().enumerate() {
-                out.push(net.backbone.forward(self.batch(set, chunk, &params, &self.device)?));
+                out.push(net.backbone.forward_mirrored(self.batch(set, chunk, &params, &self.device)?, mirror));
                 self.progress.event(Event::Advance { done: (i + 1) as u64, message: "" });
             }
             Ok((Tensor::cat(out, 0), format!("{} samples", indices.len())))
@@ -830,7 +836,7 @@ impl<'a> Engine<'a> {
 
     /// Softmax probabilities `[n * classes]` of a validation-mode network.
     fn probabilities(&self, net: &Net, set: &TensorSet, indices: &[usize], name: &str) -> Result<Vec<f32>> {
-        let f = self.features(net, set, indices, name)?;
+        let f = self.features(net, set, indices, name, false)?;
         read_f32(softmax(net.fc.forward(f), 1), "probabilities")
     }
 
@@ -961,7 +967,7 @@ impl<'a> Engine<'a> {
         probabilities: bool,
     ) -> Result<(Vec<SampleScore>, Option<LogitsAndProbabilities>)> {
         let all: Vec<usize> = (0..set.len()).collect();
-        let f = self.features(net, set, &all, name)?;
+        let f = self.features(net, set, &all, name, self.config.tta_flip)?;
         let tau = read_f32(head.tau.val(), "tau")?;
         let raw = head.raw(f);
         let probs = match probabilities {

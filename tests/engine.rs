@@ -160,6 +160,48 @@ fn a_round_floor_keeps_more_samples_for_the_next_round() {
     assert!(bad.validate().unwrap_err().to_string().contains("round-min-score"));
 }
 
+/// `set` with every image mirrored left to right (HWC bytes).
+fn mirrored(set: &TensorSet) -> TensorSet {
+    let mut out = set.clone();
+    let (w, c) = (set.width, set.channels);
+    for (i, img) in out.pixels.chunks_mut(set.image_len()).enumerate() {
+        let src = set.image(i);
+        for (y, row) in img.chunks_mut(w * c).enumerate() {
+            for x in 0..w {
+                let from = (y * w + (w - 1 - x)) * c;
+                row[x * c..(x + 1) * c].copy_from_slice(&src[from..from + c]);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_mirror_scoring_identifier_scores_an_image_and_its_mirror_alike() {
+    let set = synthetic(5);
+    let mirror = mirrored(&set);
+    assert_ne!(mirror.pixels, set.pixels, "the pixel noise makes the mirror a different image");
+    let scores = |tta: bool| {
+        let cfg = TrainConfig { tta_flip: tta, rounds: 1, ..tiny(Method::H2e) };
+        let trained = run(&Device::flex(), cfg, &set);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.zip");
+        Identifier::from_trained(trained, &set, Device::flex()).unwrap().save(&path).unwrap();
+        let id = Identifier::open(&path, Device::flex()).unwrap();
+        assert_eq!(id.config().train.tta_flip, tta, "the bundle keeps the setting");
+        (id.score_set(&set, None).unwrap(), id.score_set(&mirror, None).unwrap())
+    };
+    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    // Without mirroring, an image and its mirror are two inputs.
+    let (plain, plain_mirror) = scores(false);
+    assert!(max_diff(&plain.noise_score, &plain_mirror.noise_score) > 1e-4);
+    // With it, both read the mean of the same two forward passes.
+    let (tta, tta_mirror) = scores(true);
+    assert!(max_diff(&tta.noise_score, &tta_mirror.noise_score) < 1e-4);
+    assert_eq!(tta.flagged, tta_mirror.flagged);
+    assert_eq!(tta.pred, tta_mirror.pred);
+}
+
 #[test]
 fn same_seed_same_flags_on_the_cpu() {
     let set = synthetic(2);

@@ -129,6 +129,10 @@ pub struct QualityArgs {
     /// (default: none; the final flags keep --min-score).
     #[arg(long)]
     pub round_min_score: Option<f32>,
+    /// Score h2e's identifier on each image and its horizontal mirror
+    /// (test-time augmentation; the baselines score as before).
+    #[arg(long)]
+    pub tta_flip: bool,
     /// Also save every h2e round's identifier logits on the draw
     /// (draws/NAME.h2e.logits.safetensors, about samples x classes x 4
     /// bytes a round), for `h2e bench rescore`.
@@ -257,7 +261,8 @@ fn quality(a: QualityArgs) -> Result<i32> {
     if let Some(r) = a.floor_rounds {
         cfg.floor_rounds = r;
     }
-    cfg.round_min_score = a.round_min_score.filter(|&t| t != 0.0);
+    cfg.round_min_score = h2e::score::round_min_score_for(a.round_min_score);
+    cfg.tta_flip = a.tta_flip;
     cfg.validate()?;
     if let Some(part) = a.shard {
         draws = shard(&draws, part);

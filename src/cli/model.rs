@@ -106,6 +106,12 @@ pub struct TrainArgs {
     /// its floor). The final flags keep --min-score.
     #[arg(long)]
     pub round_min_score: Option<f32>,
+    /// Score each image together with its horizontal mirror (test-time
+    /// augmentation; h2e): every round's flags and the saved identifier
+    /// read the mean of the two. Use it only where a mirrored image keeps
+    /// its class (not digits or text).
+    #[arg(long)]
+    pub tta_flip: bool,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -185,7 +191,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             floor_exempt: a.floor_exempt,
         },
         floor_rounds: a.floor_rounds,
-        round_min_score: a.round_min_score.filter(|&t| t != 0.0),
+        round_min_score: h2e::score::round_min_score_for(a.round_min_score),
+        tta_flip: a.tta_flip,
         seed: a.seed,
         ..TrainConfig::default()
     };
