@@ -52,7 +52,7 @@ pub fn default_min_score(rule: Rule) -> Option<f32> {
 /// Out-of-range values stay, for [`OperatingPoint::validate`] to refuse.
 pub fn min_score_for(rule: Rule, given: Option<f32>) -> Option<f32> {
     match given {
-        Some(t) => (t != 0.0).then_some(t),
+        Some(t) => floor_unless_zero(t),
         None => default_min_score(rule),
     }
 }
@@ -61,7 +61,12 @@ pub fn min_score_for(rule: Rule, given: Option<f32>) -> Option<f32> {
 /// when a command line gives `given`: none unless given, and 0 turns it off,
 /// as with [`min_score_for`].
 pub fn round_min_score_for(given: Option<f32>) -> Option<f32> {
-    given.filter(|&t| t != 0.0)
+    given.and_then(floor_unless_zero)
+}
+
+/// A floor given on a command line: 0 means none.
+fn floor_unless_zero(t: f32) -> Option<f32> {
+    (t != 0.0).then_some(t)
 }
 
 /// The score floors ([`OperatingPoint::min_score`]) on the default rule that
