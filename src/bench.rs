@@ -12,7 +12,9 @@
 //! A grid takes hours, so it is built to be run in pieces: every finished
 //! (draw, method) pair is saved in the work folder at once
 //! (`NAME.METHOD.json`, written atomically), a rerun with the same
-//! training configuration reuses it instead of training again, and
+//! training configuration reuses it instead of training again (the same
+//! as far as the method reads it, [`TrainConfig::as_used`]: a rerun that
+//! changes only an h2e setting reuses the baselines), and
 //! [`shard`] splits the draws between processes that share one folder. An
 //! interrupted run loses only the pair it was training. [`summarise`]
 //! turns the rows into the per-draw comparison the issues "Never lose"
@@ -131,7 +133,9 @@ struct Saved {
     /// h2e's version that wrote it.
     crate_version: String,
     draw: NltConfig,
-    /// The method's whole training configuration (method and seed set).
+    /// The method's training configuration (method and seed set), with
+    /// the settings it never reads at their defaults
+    /// ([`TrainConfig::as_used`]).
     config: serde_json::Value,
     rows: Vec<BenchRow>,
 }
@@ -200,7 +204,9 @@ pub fn run(
         let mut data = None;
         for &method in methods {
             let cfg = TrainConfig { method, seed: draw.seed, ..base.clone() };
-            let config = serde_json::to_value(&cfg)
+            // Keyed on what the method reads, so an h2e-only change reuses
+            // the baselines.
+            let config = serde_json::to_value(cfg.as_used())
                 .map_err(|e| Error::Argument(format!("the training configuration does not serialise: {e}")))?;
             let path = saved_path(work, draw, method);
             let key = pair_name(draw, method);

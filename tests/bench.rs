@@ -174,6 +174,22 @@ fn resumed_runs_reuse_the_saved_results(out: &Path, rows: &[serde_json::Value]) 
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["rows"].as_array().unwrap().len(), 0);
     assert_eq!(json["missing"].as_array().unwrap().len(), 4);
+    // A change that only h2e reads (3 rounds, mirror scoring) leaves the
+    // baselines' saved results valid: only h2e is missing.
+    let mut other = quick.to_vec();
+    other.extend(["--rounds", "3", "--tta-flip", "--report-only"]);
+    let o = h2e(&other);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("1 not run yet: uniform-rho10-r0.3-s0.h2e") && err.contains("reused 3 saved results"),
+        "{err}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let kept = json["rows"].as_array().unwrap();
+    assert_eq!(kept.len(), rows.iter().filter(|r| r["method"] != "h2e").count());
+    assert!(kept.iter().all(|r| r["method"] != "h2e"));
+    assert_eq!(json["missing"], serde_json::json!(["uniform-rho10-r0.3-s0.h2e"]));
     // A damaged saved result is an error that names the file, not a retrain.
     std::fs::write(&ce, b"{").unwrap();
     let o = h2e(&quick);

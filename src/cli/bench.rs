@@ -97,6 +97,10 @@ pub struct QualityArgs {
     /// Backbone epochs (default: the training default, or 2 with --quick).
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// h2e's hard-to-easy rounds (default: the training default, 2). Every
+    /// round is reported.
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Also train and test the stage-2 classifier.
     #[arg(long)]
     pub classifier: bool,
@@ -256,6 +260,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
     }
     let mut cfg = if a.quick { quick_config() } else { TrainConfig::default() };
     cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
+    cfg.rounds = a.rounds.unwrap_or(cfg.rounds);
     cfg.classifier = a.classifier;
     cfg.operating_point = with_flags(cfg.operating_point, a.operating_point, a.min_score, a.floor_exempt);
     if let Some(r) = a.floor_rounds {
