@@ -230,10 +230,11 @@ impl TrainConfig {
                 return bad(format!("{name} must be a positive number, got {v}"));
             }
         }
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
         if !(0.0..1.0).contains(&self.momentum)
-            || self.weight_decay < 0.0
-            || self.mixup_alpha < 0.0
-            || self.irm_lambda < 0.0
+            || !non_negative(self.weight_decay)
+            || !non_negative(self.mixup_alpha)
+            || !non_negative(self.irm_lambda)
         {
             return bad("momentum must be in [0, 1); weight decay, mixup alpha and IRM lambda must be >= 0".into());
         }
@@ -1423,6 +1424,23 @@ mod tests {
         assert_eq!(json(&TrainConfig { folds: 7, ..h2e.clone() }), json(&h2e));
         let cl = TrainConfig { method: Method::ConfidentLearning, ..TrainConfig::default() };
         assert_ne!(json(&TrainConfig { folds: 7, ..cl.clone() }), json(&cl));
+    }
+
+    #[test]
+    fn a_non_finite_or_negative_weight_is_rejected_by_name() {
+        let ok = TrainConfig::default();
+        assert!(ok.validate().is_ok());
+        assert!(TrainConfig { irm_lambda: 0.0, ..ok.clone() }.validate().is_ok());
+        for bad in [
+            TrainConfig { irm_lambda: f64::NAN, ..ok.clone() },
+            TrainConfig { irm_lambda: -1.0, ..ok.clone() },
+            TrainConfig { irm_lambda: f64::INFINITY, ..ok.clone() },
+            TrainConfig { weight_decay: f64::NAN, ..ok.clone() },
+            TrainConfig { mixup_alpha: f64::NAN, ..ok.clone() },
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("IRM lambda must be >= 0"), "{err}");
+        }
     }
 
     #[test]

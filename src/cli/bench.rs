@@ -101,6 +101,13 @@ pub struct QualityArgs {
     /// round is reported.
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// h2e's identifier (stage B) epochs per round (default: the training
+    /// default, 3).
+    #[arg(long)]
+    pub identifier_epochs: Option<usize>,
+    /// Weight of h2e's IRMv1 penalty (default: the training default, 1).
+    #[arg(long)]
+    pub irm_lambda: Option<f64>,
     /// Also train and test the stage-2 classifier.
     #[arg(long)]
     pub classifier: bool,
@@ -261,6 +268,8 @@ fn quality(a: QualityArgs) -> Result<i32> {
     let mut cfg = if a.quick { quick_config() } else { TrainConfig::default() };
     cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
     cfg.rounds = a.rounds.unwrap_or(cfg.rounds);
+    cfg.identifier_epochs = a.identifier_epochs.unwrap_or(cfg.identifier_epochs);
+    cfg.irm_lambda = a.irm_lambda.unwrap_or(cfg.irm_lambda);
     cfg.classifier = a.classifier;
     cfg.operating_point = with_flags(cfg.operating_point, a.operating_point, a.min_score, a.floor_exempt);
     if let Some(r) = a.floor_rounds {
