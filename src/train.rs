@@ -230,13 +230,15 @@ impl TrainConfig {
                 return bad(format!("{name} must be a positive number, got {v}"));
             }
         }
-        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
-        if !(0.0..1.0).contains(&self.momentum)
-            || !non_negative(self.weight_decay)
-            || !non_negative(self.mixup_alpha)
-            || !non_negative(self.irm_lambda)
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        for (name, v) in
+            [("weight-decay", self.weight_decay), ("mixup-alpha", self.mixup_alpha), ("irm-lambda", self.irm_lambda)]
         {
-            return bad("momentum must be in [0, 1); weight decay, mixup alpha and IRM lambda must be >= 0".into());
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be a finite number >= 0, got {v}"));
+            }
         }
         self.operating_point.validate()?;
         if let Some(t) = self.round_min_score {
@@ -1431,15 +1433,22 @@ mod tests {
         let ok = TrainConfig::default();
         assert!(ok.validate().is_ok());
         assert!(TrainConfig { irm_lambda: 0.0, ..ok.clone() }.validate().is_ok());
-        for bad in [
-            TrainConfig { irm_lambda: f64::NAN, ..ok.clone() },
-            TrainConfig { irm_lambda: -1.0, ..ok.clone() },
-            TrainConfig { irm_lambda: f64::INFINITY, ..ok.clone() },
-            TrainConfig { weight_decay: f64::NAN, ..ok.clone() },
-            TrainConfig { mixup_alpha: f64::NAN, ..ok.clone() },
+        for (bad, name) in [
+            (TrainConfig { irm_lambda: f64::NAN, ..ok.clone() }, "irm-lambda"),
+            (TrainConfig { irm_lambda: -1.0, ..ok.clone() }, "irm-lambda"),
+            (TrainConfig { irm_lambda: f64::INFINITY, ..ok.clone() }, "irm-lambda"),
+            (TrainConfig { weight_decay: f64::NAN, ..ok.clone() }, "weight-decay"),
+            (TrainConfig { weight_decay: -0.1, ..ok.clone() }, "weight-decay"),
+            (TrainConfig { mixup_alpha: f64::NAN, ..ok.clone() }, "mixup-alpha"),
+            (TrainConfig { momentum: 1.0, ..ok.clone() }, "momentum"),
+            (TrainConfig { momentum: f64::NAN, ..ok.clone() }, "momentum"),
         ] {
             let err = bad.validate().unwrap_err().to_string();
-            assert!(err.contains("IRM lambda must be >= 0"), "{err}");
+            // The message names the one setting at fault, and only that one.
+            assert!(err.contains(&format!("{name} must be")), "{err}");
+            for other in ["irm-lambda", "weight-decay", "mixup-alpha", "momentum"].iter().filter(|&&o| o != name) {
+                assert!(!err.contains(other), "{err}");
+            }
         }
     }
 
