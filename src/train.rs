@@ -88,6 +88,51 @@ pub struct EnvAug {
     pub contrast: f32,
 }
 
+/// Where the stage-2 classifier's weights start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassifierInit {
+    /// From the plain network: the first backbone, trained on every
+    /// sample (h2e's round 1, a baseline's own network), then the full
+    /// stage-2 schedule on the kept set. Measured first on the two pair
+    /// draws where a fresh start lost to post-hoc logit adjustment.
+    #[default]
+    Plain,
+    /// From fresh random weights (what every run before 2026-12-05 did,
+    /// and what a saved configuration without this setting means).
+    Scratch,
+}
+
+impl ClassifierInit {
+    fn scratch() -> ClassifierInit {
+        ClassifierInit::Scratch
+    }
+
+    fn is_scratch(&self) -> bool {
+        *self == ClassifierInit::Scratch
+    }
+}
+
+impl std::fmt::Display for ClassifierInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClassifierInit::Plain => "plain",
+            ClassifierInit::Scratch => "scratch",
+        })
+    }
+}
+
+impl std::str::FromStr for ClassifierInit {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ClassifierInit> {
+        match s {
+            "plain" => Ok(ClassifierInit::Plain),
+            "scratch" => Ok(ClassifierInit::Scratch),
+            _ => Err(Error::Argument(format!("unknown classifier start {s:?}; expected plain or scratch"))),
+        }
+    }
+}
+
 /// Everything that decides a training run; saved in every identifier
 /// bundle so the bundle alone says how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +188,11 @@ pub struct TrainConfig {
     /// final flags would leave less, the least suspicious flagged samples
     /// of that class are kept too (at the lowest clean weight, 0.5).
     pub classifier_min_keep: f32,
+    /// Where stage 2's weights start. Left out of the saved JSON when
+    /// `scratch`, so configurations saved before this setting existed
+    /// (which trained from scratch) read back as what they did.
+    #[serde(default = "ClassifierInit::scratch", skip_serializing_if = "ClassifierInit::is_scratch")]
+    pub classifier_init: ClassifierInit,
     /// How flags are decided.
     pub operating_point: OperatingPoint,
     /// Which rounds' identifiers the score floor reads on the final flags
@@ -193,6 +243,7 @@ impl Default for TrainConfig {
             classifier_epochs: None,
             classifier_lr: None,
             classifier_min_keep: 0.5,
+            classifier_init: ClassifierInit::default(),
             operating_point: OperatingPoint::default(),
             floor_rounds: FloorRounds::default(),
             round_min_score: None,
@@ -266,6 +317,12 @@ impl TrainConfig {
         let mut c = self.clone();
         if c.method != Method::ConfidentLearning {
             c.folds = d.folds;
+        }
+        if !c.classifier {
+            c.classifier_epochs = d.classifier_epochs;
+            c.classifier_lr = d.classifier_lr;
+            c.classifier_min_keep = d.classifier_min_keep;
+            c.classifier_init = ClassifierInit::Scratch;
         }
         if c.method != Method::H2e {
             c.identifier_epochs = d.identifier_epochs;
@@ -557,6 +614,13 @@ fn run_hash(tags: &[&str], numbers: &[u64], indices: &[usize], config: &TrainCon
 }
 
 /// Cosine learning rate at step `t` of `total`.
+/// `fresh` with `init`'s parameters and batch-norm statistics, copied
+/// through the record: the copy's running statistics are its own, so
+/// training it leaves `init` as it was. Both are autodiff networks.
+fn warm_start(fresh: Net, init: &Net) -> Net {
+    fresh.load_record(init.clone().into_record())
+}
+
 fn cosine(peak: f64, t: usize, total: usize) -> f64 {
     0.5 * peak * (1.0 + (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos())
 }
@@ -686,6 +750,7 @@ impl<'a> Engine<'a> {
         name: &str,
         seed: u64,
         stage2: Option<(&[f32], &[f32])>,
+        init: Option<&Net>,
     ) -> Result<Net> {
         let cfg = &self.config;
         let ad = self.device.clone().autodiff();
@@ -700,6 +765,9 @@ impl<'a> Engine<'a> {
         // Always a fresh network: a clone of another would share its batch
         // norm running statistics and move them while training.
         let mut model = crate::model::seeded(Net::new(self.kind(), self.channels, self.size, self.classes, &ad), seed);
+        if let Some(init) = init {
+            model = warm_start(model, init);
+        }
         let mut optim = sgd(cfg.momentum, cfg.weight_decay, None);
         let (bs, steps_per_epoch) = batching(cfg.batch_size, indices.len());
         let total = epochs * steps_per_epoch;
@@ -708,7 +776,7 @@ impl<'a> Engine<'a> {
         });
         let run_id = run_hash(
             &[name],
-            &[seed, epochs as u64, bs as u64, peak.to_bits(), stage2.is_some() as u64],
+            &[seed, epochs as u64, bs as u64, peak.to_bits(), stage2.is_some() as u64, init.is_some() as u64],
             indices,
             &self.config,
         );
@@ -1159,12 +1227,14 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
-    /// Stage 2, the robust classifier: a fresh network trained on the
-    /// samples `scores` keeps ([`classifier_set`]) with their confidence
-    /// weights, a logit-adjusted loss (the kept set's prior) and the
-    /// stage-A recipe (mixup, crop, flip, SGD, cosine) for
-    /// `classifier_epochs` (default: the stage-A budget in steps, see
-    /// [`same_steps_epochs`]). Returns it in
+    /// Stage 2, the robust classifier: a network trained on the samples
+    /// `scores` keeps ([`classifier_set`]) with their confidence weights, a
+    /// logit-adjusted loss (the kept set's prior) and the stage-A recipe
+    /// (mixup, crop, flip, SGD, cosine) for `classifier_epochs` (default:
+    /// the stage-A budget in steps, see [`same_steps_epochs`]). It starts
+    /// where [`TrainConfig::classifier_init`] says: with `plain` (the
+    /// default) this trains the plain network first, as [`run`](Self::run)
+    /// does anyway, so a standalone call costs one more network. Returns it in
     /// validation mode with its accuracy on `test` (true labels when the
     /// data has them).
     pub fn train_classifier(
@@ -1173,17 +1243,39 @@ impl<'a> Engine<'a> {
         test: &TensorSet,
         scores: &Scores,
     ) -> Result<(Net, AccuracyMetrics)> {
-        let (clf, acc, _) = self.classifier_and_test_probabilities(train, test, scores)?;
+        let (clf, acc, _) = self.classifier_and_test_probabilities(train, test, scores, None)?;
         Ok((clf, acc))
     }
 
+    /// The plain network, trained on every sample: h2e's round-1 backbone,
+    /// or a baseline's own network (the same name and seed as in
+    /// [`run`](Self::run), so the same weights). Returns the autodiff network.
+    fn plain_network(&self, train: &TensorSet) -> Result<Net> {
+        let cfg = &self.config;
+        let all: Vec<usize> = (0..train.len()).collect();
+        match cfg.method {
+            Method::H2e => self.train_net(
+                train,
+                &all,
+                &format!("round 1/{} backbone", cfg.rounds),
+                cfg.seed.wrapping_add(1000),
+                None,
+                None,
+            ),
+            _ => self.train_net(train, &all, "backbone", cfg.seed, None, None),
+        }
+    }
+
     /// [`train_classifier`](Self::train_classifier), also returning the
-    /// classifier's test probabilities (row-major `[n, classes]`).
+    /// classifier's test probabilities (row-major `[n, classes]`). With
+    /// [`ClassifierInit::Plain`], stage 2 starts from `plain` (the autodiff
+    /// plain network of this run), or from one trained here when `None`.
     fn classifier_and_test_probabilities(
         &self,
         train: &TensorSet,
         test: &TensorSet,
         scores: &Scores,
+        plain: Option<&Net>,
     ) -> Result<(Net, AccuracyMetrics, Vec<f32>)> {
         let cfg = &self.config;
         if scores.flagged.len() != train.len()
@@ -1196,10 +1288,20 @@ impl<'a> Engine<'a> {
                 train.len()
             )));
         }
+        let trained_here;
+        let init = match (cfg.classifier_init, plain) {
+            (ClassifierInit::Scratch, _) => None,
+            (ClassifierInit::Plain, Some(p)) => Some(p),
+            (ClassifierInit::Plain, None) => {
+                trained_here = self.plain_network(train)?;
+                Some(&trained_here)
+            }
+        };
         let (keep, weight) = classifier_set(scores, &train.labels, self.classes, cfg.classifier_min_keep);
         let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
         let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
-        let clf = self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), Some((&weight, &lp)))?.valid();
+        let clf =
+            self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), Some((&weight, &lp)), init)?.valid();
         let p = self.test_probabilities(&clf, test, "classifier test")?;
         let pred: Vec<usize> = p.chunks(self.classes).map(baselines::argmax).collect();
         let acc = metrics::accuracy_metrics(&pred, test_truth(test), &train.class_counts())?;
@@ -1220,7 +1322,8 @@ impl<'a> Engine<'a> {
         let mut rounds = Vec::new();
         let mut round_logits = Vec::new();
         // `plain`: the stage-A network trained on every sample (cross-entropy
-        // with mixup), the reference a long-tail user has without h2e.
+        // with mixup), the reference a long-tail user has without h2e, and
+        // where stage 2 starts (autodiff, as trained).
         let (net_ad, head, prior, scores, plain) = match cfg.method {
             Method::H2e => {
                 let mut keep = all.clone();
@@ -1232,9 +1335,9 @@ impl<'a> Engine<'a> {
                     let t = Instant::now();
                     let seed = cfg.seed.wrapping_add(1000 * r as u64);
                     let net =
-                        self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None)?;
+                        self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None, None)?;
                     if r == 1 {
-                        first_net = Some(net.valid());
+                        first_net = Some(net.clone());
                     }
                     let kept_labels: Vec<usize> = keep.iter().map(|&i| train.labels[i]).collect();
                     let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
@@ -1274,7 +1377,7 @@ impl<'a> Engine<'a> {
             }
             method => {
                 let t = Instant::now();
-                let net = self.train_net(train, &all, "backbone", cfg.seed, None)?;
+                let net = self.train_net(train, &all, "backbone", cfg.seed, None, None)?;
                 let valid = net.valid();
                 let in_sample = self.probabilities(&valid, train, &all, "predicting")?;
                 let detection = match method {
@@ -1289,7 +1392,7 @@ impl<'a> Engine<'a> {
                         for (k, (fit, held)) in folds.iter().enumerate() {
                             let name = format!("fold {}/{}", k + 1, folds.len());
                             let fold_net =
-                                self.train_net(train, fit, &name, cfg.seed.wrapping_add(k as u64 + 1), None)?;
+                                self.train_net(train, fit, &name, cfg.seed.wrapping_add(k as u64 + 1), None, None)?;
                             let p =
                                 self.probabilities(&fold_net.valid(), train, held, &format!("{name} predicting"))?;
                             for (j, &i) in held.iter().enumerate() {
@@ -1328,20 +1431,21 @@ impl<'a> Engine<'a> {
                     )),
                 }
                 .valid();
-                (net, head, log_prior(&counts), scores, Some(valid))
+                let plain = net.clone();
+                (net, head, log_prior(&counts), scores, Some(plain))
             }
         };
         // Each network's test probabilities are computed once and shared
         // by its accuracy and the model averages.
         let (classifier, accuracy, clf_probs) = match (cfg.classifier, test) {
             (true, Some(test)) => {
-                let (clf, acc, p) = self.classifier_and_test_probabilities(train, test, &scores)?;
+                let (clf, acc, p) = self.classifier_and_test_probabilities(train, test, &scores, plain.as_ref())?;
                 (Some(clf), Some(acc), Some(p))
             }
             _ => (None, None, None),
         };
         let plain_probs = match (test, &plain) {
-            (Some(test), Some(plain)) => Some(self.test_probabilities(plain, test, "reference test")?),
+            (Some(test), Some(plain)) => Some(self.test_probabilities(&plain.valid(), test, "reference test")?),
             _ => None,
         };
         let reference = match (test, &plain_probs) {
@@ -1506,5 +1610,71 @@ mod tests {
         // No floor: the flags alone decide; a full floor keeps everything.
         assert_eq!(classifier_set(&scores, &labels, 2, 0.0).0, vec![0, 1, 2, 3]);
         assert_eq!(classifier_set(&scores, &labels, 2, 1.0).0, (0..8).collect::<Vec<_>>());
+    }
+
+    /// Eval-mode logits of `net` on `x`, as plain floats.
+    fn eval_logits(net: &Net, x: &Tensor<4>) -> Vec<f32> {
+        let v = net.valid();
+        let x = x.clone().to_device(&Device::flex());
+        v.forward(x).into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// One SGD step of `net` on `x` with labels `y`, in training mode
+    /// (which also moves batch norm's running statistics).
+    fn one_step(net: Net, x: &Tensor<4>, y: &[usize]) -> Net {
+        let ad = Device::flex().autodiff();
+        let labels = int_tensor(y, &ad);
+        let loss = cross_entropy(net.forward(x.clone()), labels).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        let mut optim = sgd(0.9, 5e-4, None);
+        optim.step(0.1, net, grads)
+    }
+
+    #[test]
+    fn a_warm_start_copies_the_network_and_training_the_copy_leaves_it_alone() {
+        let ad = Device::flex().autodiff();
+        let mut rng = Rng::new(3);
+        let x: Vec<f32> = (0..8 * 64).map(|_| rng.below(1000) as f32 / 500.0 - 1.0).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(x, [8, 1, 8, 8]), &ad);
+        let y = [0, 1, 2, 0, 1, 2, 0, 1];
+        let new = |seed| crate::model::seeded(Net::new(BackboneKind::SmallCnn, 1, 8, 3, &ad), seed);
+        // A source that has trained (weights and running statistics moved).
+        let src = one_step(new(1), &x, &y);
+        let before = eval_logits(&src, &x);
+        let fresh = new(2);
+        assert_ne!(eval_logits(&fresh, &x), before, "two seeds give the same network");
+        let warm = warm_start(fresh, &src);
+        assert_eq!(eval_logits(&warm, &x), before, "the copy differs from its source");
+        let trained = one_step(warm, &x, &y);
+        assert_ne!(eval_logits(&trained, &x), before, "the step did not move the copy");
+        assert_eq!(eval_logits(&src, &x), before, "training the copy moved its source");
+    }
+
+    #[test]
+    fn a_configuration_saved_without_a_classifier_start_means_scratch() {
+        // What every run before the setting existed did.
+        let mut old = serde_json::to_value(TrainConfig::default()).unwrap();
+        old.as_object_mut().unwrap().remove("classifier_init");
+        let back: TrainConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(back.classifier_init, ClassifierInit::Scratch);
+        // Today's default is the plain network, written out; scratch is left out.
+        assert_eq!(TrainConfig::default().classifier_init, ClassifierInit::Plain);
+        let json = serde_json::to_value(TrainConfig::default()).unwrap();
+        assert_eq!(json["classifier_init"], "plain");
+        let scratch = TrainConfig { classifier_init: ClassifierInit::Scratch, ..TrainConfig::default() };
+        let json = serde_json::to_value(&scratch).unwrap();
+        assert!(json.get("classifier_init").is_none());
+        assert_eq!(serde_json::from_value::<TrainConfig>(json).unwrap(), scratch);
+        assert_eq!("plain".parse::<ClassifierInit>().unwrap(), ClassifierInit::Plain);
+        assert!("warm".parse::<ClassifierInit>().is_err());
+        // Without a classifier the setting is never read, so a benchmark
+        // keyed on the configuration as used reuses results saved before it.
+        let used = |c: ClassifierInit, classifier| {
+            serde_json::to_value(TrainConfig { classifier_init: c, classifier, ..TrainConfig::default() }.as_used())
+                .unwrap()
+        };
+        assert_eq!(used(ClassifierInit::Plain, false), used(ClassifierInit::Scratch, false));
+        assert!(used(ClassifierInit::Plain, false).get("classifier_init").is_none());
+        assert_ne!(used(ClassifierInit::Plain, true), used(ClassifierInit::Scratch, true));
     }
 }

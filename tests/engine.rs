@@ -249,6 +249,40 @@ fn stage_two_classifier_reports_test_accuracy() {
     }
 }
 
+#[test]
+fn stage_two_starts_from_the_plain_network_unless_told_to_start_from_scratch() {
+    use h2e::train::ClassifierInit;
+    let set = synthetic(4);
+    let test = synthetic(5);
+    // A learning rate too small to move the weights: stage 2 ends where it starts.
+    let go = |init| {
+        let cfg = TrainConfig {
+            rounds: 1,
+            classifier: true,
+            classifier_epochs: Some(1),
+            classifier_lr: Some(1e-7),
+            classifier_init: init,
+            ..tiny(Method::H2e)
+        };
+        let engine = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap();
+        engine.run(&set, Some(&test), "test").unwrap()
+    };
+    let warm = go(ClassifierInit::Plain);
+    let cold = go(ClassifierInit::Scratch);
+    // The detector and the plain network are the same in both runs: starting
+    // stage 2 from the plain network leaves that network as it was.
+    assert_eq!(warm.scores.flagged, cold.scores.flagged);
+    let plain = warm.report.reference.as_ref().expect("a plain network").ce.clone();
+    assert_eq!(plain, cold.report.reference.as_ref().unwrap().ce);
+    let (w, c) = (warm.report.classifier.unwrap(), cold.report.classifier.unwrap());
+    // From the plain network, stage 2 predicts what that network predicts
+    // (its batch norm statistics move a little over the epoch); from
+    // scratch, what fresh weights predict.
+    assert!(plain.balanced_accuracy > 0.5, "{plain:?}");
+    assert!((w.balanced_accuracy - plain.balanced_accuracy).abs() < 0.05, "{w:?} against {plain:?}");
+    assert!(c.balanced_accuracy < plain.balanced_accuracy - 0.2, "{c:?} against {plain:?}");
+}
+
 fn wgpu() -> Option<Device> {
     match std::panic::catch_unwind(|| Device::enumerate(DeviceType::Wgpu).into_iter().next()) {
         Ok(Some(d)) => Some(d),

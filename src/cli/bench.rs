@@ -111,6 +111,10 @@ pub struct QualityArgs {
     /// Also train and test the stage-2 classifier.
     #[arg(long)]
     pub classifier: bool,
+    /// Where stage 2 starts: plain (the default: the plain network) or
+    /// scratch (fresh weights).
+    #[arg(long)]
+    pub classifier_init: Option<h2e::train::ClassifierInit>,
     /// Where the clean images come from.
     #[arg(long, default_value = "fashion-mnist")]
     pub source: PathBuf,
@@ -271,6 +275,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
     cfg.identifier_epochs = a.identifier_epochs.unwrap_or(cfg.identifier_epochs);
     cfg.irm_lambda = a.irm_lambda.unwrap_or(cfg.irm_lambda);
     cfg.classifier = a.classifier;
+    cfg.classifier_init = a.classifier_init.unwrap_or(cfg.classifier_init);
     cfg.operating_point = with_flags(cfg.operating_point, a.operating_point, a.min_score, a.floor_exempt);
     if let Some(r) = a.floor_rounds {
         cfg.floor_rounds = r;

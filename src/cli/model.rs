@@ -61,6 +61,11 @@ pub struct TrainArgs {
     /// Stage-2 epochs (default: as many steps as --epochs over every sample take, the budget of the plain network it is compared with).
     #[arg(long)]
     pub classifier_epochs: Option<usize>,
+    /// Where stage 2 starts: plain (the plain network, trained on every
+    /// sample, which h2e trains as its first backbone anyway) or scratch
+    /// (fresh weights, as before 2026-12-05).
+    #[arg(long, default_value = "plain")]
+    pub classifier_init: h2e::train::ClassifierInit,
     /// Flagging rule: agreement-noise-rate (agreement's flags capped per
     /// class at the estimated noisy count, except in classes estimated to be
     /// mostly noise from a systematic flip), agreement (the adjusted and the
@@ -183,6 +188,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         folds: a.folds,
         classifier: a.classifier,
         classifier_epochs: a.classifier_epochs,
+        classifier_init: a.classifier_init,
         operating_point: OperatingPoint {
             rule,
             max_flag_rate: a.max_flag_rate,
