@@ -737,12 +737,13 @@ impl<'a> Engine<'a> {
         kernels::preprocess(device, &packed, params)
     }
 
-    /// Stage A: trains a fresh network on `indices` of `set` with mixup,
-    /// SGD momentum, cosine learning rate, crop and flip. With `stage2 =
-    /// (weights, log_prior)` (the robust classifier), the loss is weighted
-    /// per sample and logit-adjusted: the network's logits plus `log_prior`
-    /// go into the cross-entropy (Menon et al. 2021), so its raw logits are
-    /// balanced. Returns the autodiff network.
+    /// Stage A: trains a network on `indices` of `set` with mixup, SGD
+    /// momentum, cosine learning rate, crop and flip, from fresh weights or
+    /// from a copy of `init`'s. With `stage2 = (weights, log_prior)` (the
+    /// robust classifier), the loss is weighted per sample and
+    /// logit-adjusted: the network's logits plus `log_prior` go into the
+    /// cross-entropy (Menon et al. 2021), so its raw logits are balanced.
+    /// Returns the autodiff network.
     fn train_net(
         &self,
         set: &TensorSet,
@@ -762,8 +763,8 @@ impl<'a> Engine<'a> {
             ),
             None => (cfg.epochs, cfg.lr),
         };
-        // Always a fresh network: a clone of another would share its batch
-        // norm running statistics and move them while training.
+        // Always a new network, never a clone of `init`: a clone would share
+        // its batch norm running statistics and move them while training.
         let mut model = crate::model::seeded(Net::new(self.kind(), self.channels, self.size, self.classes, &ad), seed);
         if let Some(init) = init {
             model = warm_start(model, init);
