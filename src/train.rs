@@ -613,7 +613,6 @@ fn run_hash(tags: &[&str], numbers: &[u64], indices: &[usize], config: &TrainCon
     format!("{h:016x}")
 }
 
-/// Cosine learning rate at step `t` of `total`.
 /// `fresh` with `init`'s parameters and batch-norm statistics, copied
 /// through the record: the copy's running statistics are its own, so
 /// training it leaves `init` as it was. Both are autodiff networks.
@@ -621,6 +620,7 @@ fn warm_start(fresh: Net, init: &Net) -> Net {
     fresh.load_record(init.clone().into_record())
 }
 
+/// Cosine learning rate at step `t` of `total`.
 fn cosine(peak: f64, t: usize, total: usize) -> f64 {
     0.5 * peak * (1.0 + (std::f64::consts::PI * t as f64 / total.max(1) as f64).cos())
 }
@@ -1248,23 +1248,26 @@ impl<'a> Engine<'a> {
         Ok((clf, acc))
     }
 
-    /// The plain network, trained on every sample: h2e's round-1 backbone,
-    /// or a baseline's own network (the same name and seed as in
-    /// [`run`](Self::run), so the same weights). Returns the autodiff network.
-    fn plain_network(&self, train: &TensorSet) -> Result<Net> {
+    /// Name and seed of the backbone [`run`](Self::run) trains in round
+    /// `round` (h2e) or once (the baselines). Round 1's trains on every
+    /// sample: the plain network.
+    fn backbone_tag(&self, round: usize) -> (String, u64) {
         let cfg = &self.config;
-        let all: Vec<usize> = (0..train.len()).collect();
         match cfg.method {
-            Method::H2e => self.train_net(
-                train,
-                &all,
-                &format!("round 1/{} backbone", cfg.rounds),
-                cfg.seed.wrapping_add(1000),
-                None,
-                None,
-            ),
-            _ => self.train_net(train, &all, "backbone", cfg.seed, None, None),
+            Method::H2e => {
+                (format!("round {round}/{} backbone", cfg.rounds), cfg.seed.wrapping_add(1000 * round as u64))
+            }
+            _ => ("backbone".to_string(), cfg.seed),
         }
+    }
+
+    /// The plain network, trained on every sample as [`run`](Self::run)
+    /// trains it (same name and seed, so the same weights). Returns the
+    /// autodiff network.
+    fn plain_network(&self, train: &TensorSet) -> Result<Net> {
+        let all: Vec<usize> = (0..train.len()).collect();
+        let (name, seed) = self.backbone_tag(1);
+        self.train_net(train, &all, &name, seed, None, None)
     }
 
     /// [`train_classifier`](Self::train_classifier), also returning the
@@ -1334,9 +1337,8 @@ impl<'a> Engine<'a> {
                 let mut first_net = None;
                 for r in 1..=cfg.rounds {
                     let t = Instant::now();
-                    let seed = cfg.seed.wrapping_add(1000 * r as u64);
-                    let net =
-                        self.train_net(train, &keep, &format!("round {r}/{} backbone", cfg.rounds), seed, None, None)?;
+                    let (name, seed) = self.backbone_tag(r);
+                    let net = self.train_net(train, &keep, &name, seed, None, None)?;
                     if r == 1 {
                         first_net = Some(net.clone());
                     }
@@ -1378,7 +1380,7 @@ impl<'a> Engine<'a> {
             }
             method => {
                 let t = Instant::now();
-                let net = self.train_net(train, &all, "backbone", cfg.seed, None, None)?;
+                let net = self.plain_network(train)?;
                 let valid = net.valid();
                 let in_sample = self.probabilities(&valid, train, &all, "predicting")?;
                 let detection = match method {
