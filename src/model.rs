@@ -261,6 +261,32 @@ impl Head {
         self.linear.forward(f)
     }
 
+    /// The average of heads of one shape (`None` for none): `W`, `b` and
+    /// `tau` averaged. The logits are linear in them, so the average head's
+    /// raw and adjusted logits are the averages of the heads' logits.
+    pub fn average(heads: Vec<Head>) -> Option<Head> {
+        let n = heads.len();
+        let mut rest = heads.into_iter();
+        let mut sum = rest.next()?;
+        for h in rest {
+            let w = h.linear.weight.val();
+            sum.linear.weight = sum.linear.weight.map(|a| a + w);
+            if let (Some(b), Some(hb)) = (sum.linear.bias.take(), h.linear.bias) {
+                let hb = hb.val();
+                sum.linear.bias = Some(b.map(|a| a + hb));
+            }
+            let t = h.tau.val();
+            sum.tau = sum.tau.map(|a| a + t);
+        }
+        if n > 1 {
+            let k = n as f32;
+            sum.linear.weight = sum.linear.weight.map(|a| a / k);
+            sum.linear.bias = sum.linear.bias.map(|b| b.map(|a| a / k));
+            sum.tau = sum.tau.map(|a| a / k);
+        }
+        Some(sum)
+    }
+
     /// Adjusted logits `W f + b - tau * log_prior` (`log_prior`: `[classes]`).
     pub fn adjusted(&self, f: Tensor<2>, log_prior: Tensor<1>) -> Tensor<2> {
         let shift = (self.tau.val() * log_prior).unsqueeze_dim::<2>(0);
@@ -311,4 +337,43 @@ pub fn seeded<M: Module>(module: M, seed: u64) -> M {
         }
     }
     module.map(&mut Init { rng: crate::rng::Rng::derive(seed, 0x1417), names: Vec::new(), fan_in: 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().expect("f32 tensor")
+    }
+
+    #[test]
+    fn the_average_head_gives_the_average_logits() {
+        let device = Device::flex();
+        let heads: Vec<Head> = (0..3)
+            .map(|k| {
+                let mut h = seeded(Head::new(4, 3, &device), 7 + k);
+                let tau =
+                    Tensor::<1>::from_data(TensorData::new(vec![0.5 + k as f32, 1.0, 2.0 - k as f32], [3]), &device);
+                h.tau = Param::from_tensor(tau);
+                h
+            })
+            .collect();
+        let f = Tensor::<2>::from_data(
+            TensorData::new((0..8).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<f32>>(), [2, 4]),
+            &device,
+        );
+        let lp = Tensor::<1>::from_data(TensorData::new(vec![-0.2f32, -1.5, -3.0], [3]), &device);
+        let each: Vec<Vec<f32>> = heads.iter().map(|h| values(h.adjusted(f.clone(), lp.clone()))).collect();
+        let avg = Head::average(heads).expect("three heads");
+        let got = values(avg.adjusted(f, lp));
+        for (j, g) in got.iter().enumerate() {
+            let want = each.iter().map(|e| e[j]).sum::<f32>() / 3.0;
+            assert!((g - want).abs() < 1e-5, "logit {j}: {g} against {want}");
+        }
+        // The heads differ, so the test would catch an average that kept one.
+        assert!(each[0].iter().zip(&each[1]).any(|(a, b)| (a - b).abs() > 1e-3));
+        assert_eq!(values(avg.tau.val()), vec![1.5, 1.0, 1.0]);
+        assert!(Head::average(Vec::new()).is_none());
+    }
 }

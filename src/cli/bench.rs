@@ -102,12 +102,16 @@ pub struct QualityArgs {
     #[arg(long)]
     pub rounds: Option<usize>,
     /// h2e's identifier (stage B) epochs per round (default: the training
-    /// default, 3).
+    /// default, 9).
     #[arg(long)]
     pub identifier_epochs: Option<usize>,
     /// Weight of h2e's IRMv1 penalty (default: the training default, 1).
     #[arg(long)]
     pub irm_lambda: Option<f64>,
+    /// h2e's identifier heads per round, averaged (default: the training
+    /// default, 1).
+    #[arg(long)]
+    pub identifier_heads: Option<usize>,
     /// Also train and test the stage-2 classifier.
     #[arg(long)]
     pub classifier: bool,
@@ -274,6 +278,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
     cfg.rounds = a.rounds.unwrap_or(cfg.rounds);
     cfg.identifier_epochs = a.identifier_epochs.unwrap_or(cfg.identifier_epochs);
     cfg.irm_lambda = a.irm_lambda.unwrap_or(cfg.irm_lambda);
+    cfg.identifier_heads = a.identifier_heads.unwrap_or(cfg.identifier_heads);
     cfg.classifier = a.classifier;
     cfg.classifier_init = a.classifier_init.unwrap_or(cfg.classifier_init);
     cfg.operating_point = with_flags(cfg.operating_point, a.operating_point, a.min_score, a.floor_exempt);

@@ -41,7 +41,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
     /// Identifier (stage B) epochs per round.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 9)]
     pub identifier_epochs: usize,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
@@ -52,6 +52,10 @@ pub struct TrainArgs {
     /// Weight of the IRMv1 penalty.
     #[arg(long, default_value_t = 1.0)]
     pub irm_lambda: f64,
+    /// Identifier heads per round, each on its own random batches; their
+    /// average scores.
+    #[arg(long, default_value_t = 1)]
+    pub identifier_heads: usize,
     /// Folds for confident learning.
     #[arg(long, default_value_t = 4)]
     pub folds: usize,
@@ -184,6 +188,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         lr: a.lr,
         identifier_epochs: a.identifier_epochs,
         irm_lambda: a.irm_lambda,
+        identifier_heads: a.identifier_heads,
         rounds: a.rounds,
         folds: a.folds,
         classifier: a.classifier,
