@@ -176,10 +176,10 @@ pub struct TrainConfig {
     /// Normalisation standard deviation per channel.
     pub std: [f32; 3],
     /// Stage-B epochs (one epoch = `n / batch` steps, each drawing three
-    /// environments). 9 since 2026-12-06: at 3 the head's cross-entropy and
-    /// IRM penalty were still falling, and 9 raised round 2's F1 on four of
-    /// the five draws measured and kept it on the fifth (see "Identifier
-    /// epochs" in `benches/experiments.md`).
+    /// environments). 9 since 2026-12-06: at 3 the head had not finished
+    /// (9 epochs ended at a lower cross-entropy and IRM penalty), and 9
+    /// raised round 2's F1 on five of the six draws measured and kept it on
+    /// the sixth (see "Identifier epochs" in `benches/experiments.md`).
     pub identifier_epochs: usize,
     /// Stage-B learning rate.
     pub identifier_lr: f64,
