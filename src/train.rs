@@ -178,8 +178,9 @@ pub struct TrainConfig {
     /// Stage-B epochs (one epoch = `n / batch` steps, each drawing three
     /// environments). 9 since 2026-12-06: at 3 the head had not finished
     /// (9 epochs ended at a lower cross-entropy and IRM penalty), and 9
-    /// raised round 2's F1 on five of the six draws measured and kept it on
-    /// the sixth (see "Identifier epochs" in `benches/experiments.md`).
+    /// raised round 2's F1 on four of eight draws measured (by up to 8
+    /// points) and moved it by under a point on the other four (see
+    /// "Identifier epochs" in `benches/experiments.md`).
     pub identifier_epochs: usize,
     /// Stage-B learning rate.
     pub identifier_lr: f64,
