@@ -271,10 +271,13 @@ impl Head {
         for h in rest {
             let w = h.linear.weight.val();
             sum.linear.weight = sum.linear.weight.map(|a| a + w);
-            if let (Some(b), Some(hb)) = (sum.linear.bias.take(), h.linear.bias) {
-                let hb = hb.val();
-                sum.linear.bias = Some(b.map(|a| a + hb));
-            }
+            sum.linear.bias = match (sum.linear.bias, h.linear.bias) {
+                (Some(b), Some(hb)) => {
+                    let hb = hb.val();
+                    Some(b.map(|a| a + hb))
+                }
+                (b, _) => b,
+            };
             let t = h.tau.val();
             sum.tau = sum.tau.map(|a| a + t);
         }
