@@ -178,10 +178,11 @@ pub struct TrainConfig {
     /// Stage-B epochs (one epoch = `n / batch` steps, each drawing three
     /// environments). 9 since 2026-12-06: at 3 the head had not finished
     /// (9 epochs ended at a lower cross-entropy and IRM penalty). Of
-    /// twenty-six draws measured both ways, 9 raised round 2's F1 on six
-    /// (by up to 8 points), moved it by at most 0.5 on seventeen and lowered
-    /// it by 0.7 to 1.7 on three pair draws (see "Identifier epochs" and the
-    /// two "Nine identifier epochs" sections of `benches/experiments.md`).
+    /// thirty-three draws measured both ways, 9 raised round 2's F1 on seven
+    /// (by up to 8 points), moved it by at most 0.5 on twenty-two and lowered
+    /// it by 0.7 to 1.7 on four (three pair draws and one sym; see
+    /// "Identifier epochs" and the three "Nine identifier epochs" sections of
+    /// `benches/experiments.md`).
     pub identifier_epochs: usize,
     /// Stage-B learning rate.
     pub identifier_lr: f64,
