@@ -347,7 +347,7 @@ mod tests {
     use super::*;
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().expect("f32 tensor")
+        crate::train::read_f32(t, "a test tensor").expect("f32 tensor")
     }
 
     #[test]
