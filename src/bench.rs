@@ -241,6 +241,7 @@ pub fn run(
                     labels: train.labels.clone(),
                     true_labels: true_labels.clone(),
                     rounds: std::mem::take(&mut trained.round_logits),
+                    networks: std::mem::take(&mut trained.network_probs),
                 };
                 crate::fsutil::write_atomic(path, &saved.to_bytes()?)?;
             }

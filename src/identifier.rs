@@ -34,7 +34,7 @@ use crate::fsutil::AtomicFile;
 use crate::kernels::{self, PackedBatch, PreprocessParams};
 use crate::model::{BackboneKind, Head, Net};
 use crate::score::{self, OperatingPoint, SampleScore, Scores};
-use crate::train::{read_f32, TrainConfig, TrainReport, Trained};
+use crate::train::{read_f32, Scorer, TrainConfig, TrainReport, Trained};
 use crate::weights;
 
 /// `format` of an identifier's `config.json`.
@@ -66,9 +66,11 @@ pub struct IdentifierConfig {
     pub std: [f32; 3],
     /// Class names (label = index).
     pub classes: Vec<String>,
-    /// Learned per-class tau (0 for the baselines).
+    /// Learned per-class tau (0 for the baselines; 1 when the stage-2
+    /// classifier scores, `train.scorer` = `classifier`).
     pub tau: Vec<f32>,
-    /// Class priors `pi` of the final training set.
+    /// Class priors `pi` of the final training set (of the scoring
+    /// network's: the stage-2 classifier's kept set when it scores).
     pub class_priors: Vec<f32>,
     /// Default operating point.
     pub operating_point: OperatingPoint,
@@ -122,8 +124,16 @@ impl Identifier {
     /// Builds the identifier of a finished training run (its data `train`
     /// gives the fingerprint).
     pub fn from_trained(trained: Trained, train: &TensorSet, device: Device) -> Result<Identifier> {
-        let tau = trained.tau()?;
         let cfg = &trained.config;
+        // With the classifier scorer, the classifier's logits plus its
+        // prior play the raw logits, with tau = 1 (Scorer::Classifier).
+        let (tau, log_prior) = match (cfg.scorer, &trained.classifier_log_prior) {
+            (Scorer::Identifier, _) => (trained.tau()?, trained.log_prior.clone()),
+            (Scorer::Classifier, Some(lp)) => (vec![1.0; lp.len()], lp.clone()),
+            (Scorer::Classifier, None) => {
+                return Err(Error::Argument("the classifier scorer's run has no stage-2 classifier".into()))
+            }
+        };
         let config = IdentifierConfig {
             format: FORMAT.into(),
             version: VERSION,
@@ -135,7 +145,7 @@ impl Identifier {
             std: cfg.std,
             classes: train.classes.clone(),
             tau,
-            class_priors: trained.log_prior.iter().map(|l| l.exp()).collect(),
+            class_priors: log_prior.iter().map(|l| l.exp()).collect(),
             operating_point: cfg.operating_point,
             seed: cfg.seed,
             data_fingerprint: fingerprint(train),
@@ -333,9 +343,19 @@ impl Identifier {
     }
 
     /// The head's raw logits `W f + b` of a non-empty batch (`f` averaged
-    /// over each image and its mirror when trained with `tta_flip`).
+    /// over each image and its mirror when trained with `tta_flip`). When
+    /// the stage-2 classifier scores, its logits plus `log pi` instead.
     fn raw_logits(&self, batch: &PackedBatch) -> Result<Tensor<2>> {
-        Ok(self.head.raw(self.net.backbone.forward_mirrored(self.input(batch)?, self.config.train.tta_flip)))
+        let tta = self.config.train.tta_flip;
+        match (self.config.train.scorer, &self.classifier) {
+            (Scorer::Classifier, Some(clf)) => {
+                let z = clf.fc.forward(clf.backbone.forward_mirrored(self.input(batch)?, tta));
+                let c = self.config.classes.len();
+                let lp = Tensor::<1>::from_data(TensorData::new(self.log_prior(), [c]), &self.device);
+                Ok(z + lp.unsqueeze::<2>())
+            }
+            _ => Ok(self.head.raw(self.net.backbone.forward_mirrored(self.input(batch)?, tta))),
+        }
     }
 
     /// A batch preprocessed as training did (after checking its channels).
@@ -435,5 +455,12 @@ fn read_config(zip: &mut SafeZip) -> Result<IdentifierConfig> {
         return Err(Error::invalid(&member, "config.json", "channels must be 1 or 3 and input_size positive"));
     }
     config.operating_point.validate().map_err(|e| Error::invalid(&member, "config.json", e.to_string()))?;
+    if config.train.scorer == Scorer::Classifier && !config.has_classifier {
+        return Err(Error::invalid(
+            &member,
+            "config.json",
+            "the stage-2 classifier scores (train.scorer) but the bundle has none (has_classifier is false)",
+        ));
+    }
     Ok(config)
 }

@@ -7,11 +7,13 @@
 //! The file is safetensors: `labels` and `true_labels` (u32, one per
 //! sample), and per round `r` (from 1) `round{r}.logits` (f32, samples x
 //! classes, the head's raw logits), `round{r}.tau` and `round{r}.log_prior`
-//! (f32, one per class). Scoring goes through [`crate::score`]'s plain
-//! reference implementation, which the WGSL scoring kernel is tested
-//! against, so a recomputed operating point flags what a training run
-//! with it would have flagged in that round (rounds after the first
-//! trained on the samples the run's own rule kept).
+//! (f32, one per class); optionally `NAME.probs` (f32, samples x classes),
+//! other networks' softmax probabilities on the same samples (a run writes
+//! `plain`, `backbone` and, with `--classifier`, `classifier`). Scoring
+//! goes through [`crate::score`]'s plain reference implementation, which
+//! the WGSL scoring kernel is tested against, so a recomputed operating
+//! point flags what a training run with it would have flagged in that round
+//! (rounds after the first trained on the samples the run's own rule kept).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,6 +36,9 @@ pub struct SavedLogits {
     pub true_labels: Vec<usize>,
     /// Every round, in order.
     pub rounds: Vec<RoundLogits>,
+    /// Other networks' softmax probabilities on the same samples (samples
+    /// x classes), by name (`NAME.probs` in the file); may be empty.
+    pub networks: Vec<(String, Vec<f32>)>,
 }
 
 impl SavedLogits {
@@ -69,6 +74,17 @@ impl SavedLogits {
                 return Err(format!("round {}: non-finite values", r.round));
             }
         }
+        for (name, p) in &self.networks {
+            if name.is_empty() || name.starts_with("round") || name.contains(['.', '"']) {
+                return Err(format!("network name {name:?} is not a plain name"));
+            }
+            if p.len() != n * c {
+                return Err(format!("network {name}: {} probabilities for {n} samples and {c} classes", p.len()));
+            }
+            if p.iter().any(|v| !v.is_finite()) {
+                return Err(format!("network {name}: non-finite values"));
+            }
+        }
         Ok(())
     }
 
@@ -87,6 +103,9 @@ impl SavedLogits {
             arrays.push((format!("round{k}.logits"), Dtype::F32, vec![n, c], f32s(&r.logits)));
             arrays.push((format!("round{k}.tau"), Dtype::F32, vec![c], f32s(&r.tau)));
             arrays.push((format!("round{k}.log_prior"), Dtype::F32, vec![c], f32s(&r.log_prior)));
+        }
+        for (name, p) in &self.networks {
+            arrays.push((format!("{name}.probs"), Dtype::F32, vec![n, c], f32s(p)));
         }
         let views: Vec<(String, TensorView<'_>)> = arrays
             .iter()
@@ -134,7 +153,14 @@ impl SavedLogits {
             let log_prior = f32s(&format!("round{k}.log_prior"))?.1;
             rounds.push(RoundLogits { round: k, logits, tau, log_prior });
         }
-        let saved = SavedLogits { classes, labels, true_labels, rounds };
+        let mut networks = Vec::new();
+        let mut names: Vec<String> =
+            st.names().into_iter().filter_map(|k| k.strip_suffix(".probs").map(String::from)).collect();
+        names.sort();
+        for name in names {
+            networks.push((name.clone(), f32s(&format!("{name}.probs"))?.1));
+        }
+        let saved = SavedLogits { classes, labels, true_labels, rounds, networks };
         saved.validate().map_err(bad)?;
         Ok(saved)
     }
@@ -184,7 +210,14 @@ mod tests {
             0.0, 0.0, 3.0,
         ];
         let round = |k| RoundLogits { round: k, logits: logits.clone(), tau: vec![1.0; 3], log_prior: vec![-1.1; 3] };
-        SavedLogits { classes: 3, labels, true_labels, rounds: vec![round(1), round(2)] }
+        let probs = logits.iter().map(|&z| if z > 0.0 { 0.8 } else { 0.1 }).collect();
+        SavedLogits {
+            classes: 3,
+            labels,
+            true_labels,
+            rounds: vec![round(1), round(2)],
+            networks: vec![("classifier".into(), probs)],
+        }
     }
 
     #[test]
@@ -236,6 +269,12 @@ mod tests {
         s.rounds[1].logits.pop();
         assert!(s.to_bytes().is_err());
         s.rounds[1].logits.push(0.0);
+        s.networks[0].1.pop();
+        assert!(s.validate().unwrap_err().contains("network classifier"));
+        s.networks[0].1.push(0.1);
+        s.networks[0].0 = "round9".into();
+        assert!(s.validate().unwrap_err().contains("not a plain name"));
+        s.networks[0].0 = "classifier".into();
         s.labels[0] = 7;
         assert!(s.validate().unwrap_err().contains("label 7"));
         std::fs::remove_dir_all(&dir).ok();

@@ -133,6 +133,52 @@ impl std::str::FromStr for ClassifierInit {
     }
 }
 
+/// Which network decides h2e's final flags ([`TrainConfig::scorer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scorer {
+    /// The last round's invariant identifier head (the method as published).
+    #[default]
+    Identifier,
+    /// The stage-2 classifier: trained on the samples the last round's
+    /// identifier keeps (as `--classifier` trains it), then every sample is
+    /// scored by its balanced probabilities under the same operating point
+    /// (its logits play the adjusted logits; its logits plus `log pi` of
+    /// the set it trained on play the plain ones). A further hard-to-easy
+    /// step with a long-tail-trained network in place of a cross-entropy
+    /// backbone. On the training set, a sample the identifier flagged that
+    /// stage 2 trained on anyway (to keep `classifier_min_keep` of its
+    /// class) keeps its flag: the classifier fit it. The saved identifier
+    /// scores new data with the classifier alone.
+    Classifier,
+}
+
+impl Scorer {
+    fn is_identifier(&self) -> bool {
+        *self == Scorer::Identifier
+    }
+}
+
+impl std::fmt::Display for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scorer::Identifier => "identifier",
+            Scorer::Classifier => "classifier",
+        })
+    }
+}
+
+impl std::str::FromStr for Scorer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Scorer> {
+        match s {
+            "identifier" => Ok(Scorer::Identifier),
+            "classifier" => Ok(Scorer::Classifier),
+            _ => Err(Error::Argument(format!("unknown scorer {s:?}; expected identifier or classifier"))),
+        }
+    }
+}
+
 /// The most identifier heads a round averages ([`TrainConfig::identifier_heads`]).
 pub const MAX_HEADS: usize = 16;
 
@@ -235,6 +281,14 @@ pub struct TrainConfig {
     /// round's scoring and in the saved identifier (`filter`). The
     /// baselines and the test-set accuracies are unchanged.
     pub tta_flip: bool,
+    /// Which network decides the final flags (h2e; [`Scorer`]). With
+    /// `classifier`, the run trains stage 2 even without
+    /// [`classifier`](Self::classifier), reports its scoring as one more
+    /// round and ships it. Left out of the saved JSON when `identifier`,
+    /// so configurations saved before this setting read back as what they
+    /// did.
+    #[serde(skip_serializing_if = "Scorer::is_identifier")]
+    pub scorer: Scorer,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -275,6 +329,7 @@ impl Default for TrainConfig {
             floor_rounds: FloorRounds::default(),
             round_min_score: None,
             tta_flip: false,
+            scorer: Scorer::Identifier,
             seed: 0,
         }
     }
@@ -348,7 +403,10 @@ impl TrainConfig {
         if c.method != Method::ConfidentLearning {
             c.folds = d.folds;
         }
-        if !c.classifier {
+        if c.method != Method::H2e {
+            c.scorer = d.scorer;
+        }
+        if !c.classifier && c.scorer != Scorer::Classifier {
             c.classifier_epochs = d.classifier_epochs;
             c.classifier_lr = d.classifier_lr;
             c.classifier_min_keep = d.classifier_min_keep;
@@ -418,6 +476,10 @@ pub struct RoundReport {
     /// (h2e rounds that computed the adjusted probabilities).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_estimates: Vec<ClassEstimate>,
+    /// True for the stage-2 classifier's scoring ([`Scorer::Classifier`]):
+    /// the run's last round, after the identifier's; `tau` is then 1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_classifier: bool,
 }
 
 /// What a run did and measured; saved as `report.json` in the bundle.
@@ -485,6 +547,15 @@ pub struct Trained {
     /// Every h2e round's identifier logits on the whole training set, when
     /// asked for ([`Engine::with_round_logits`]); empty otherwise.
     pub round_logits: Vec<RoundLogits>,
+    /// With round logits, the softmax probabilities on the whole training
+    /// set (no augmentation, row-major samples x classes) of the run's
+    /// other networks: `plain` (every sample, stage A), `backbone` (the
+    /// final round's, its own classifier) and `classifier` (stage 2, when
+    /// trained), for offline study of rules that read them.
+    pub network_probs: Vec<(String, Vec<f32>)>,
+    /// `log pi` of the samples the stage-2 classifier trained on (the prior
+    /// of its logit-adjusted loss), when it was trained.
+    pub classifier_log_prior: Option<Vec<f32>>,
 }
 
 /// Row-major raw logits and adjusted probabilities of a scored set.
@@ -716,6 +787,10 @@ impl<'a> Engine<'a> {
         let mut config = config;
         config.input_size = Some(size);
         config.backbone = Some(config.backbone.unwrap_or(BackboneKind::for_input(size)));
+        // The baselines score with their own network; the setting is h2e's.
+        if config.method != Method::H2e {
+            config.scorer = Scorer::Identifier;
+        }
         Ok(Engine {
             device: device.without_autodiff(),
             config,
@@ -1159,6 +1234,7 @@ impl<'a> Engine<'a> {
             metrics,
             operating_points: Vec::new(),
             class_estimates: Vec::new(),
+            by_classifier: false,
         })
     }
 
@@ -1277,7 +1353,8 @@ impl<'a> Engine<'a> {
         test: &TensorSet,
         scores: &Scores,
     ) -> Result<(Net, AccuracyMetrics)> {
-        let (clf, acc, _) = self.classifier_and_test_probabilities(train, test, scores, None)?;
+        let (clf, _, _) = self.stage2(train, scores, None)?;
+        let (acc, _) = self.classifier_accuracy(&clf, train, test)?;
         Ok((clf, acc))
     }
 
@@ -1303,17 +1380,25 @@ impl<'a> Engine<'a> {
         self.train_net(train, &all, &name, seed, None, None)
     }
 
-    /// [`train_classifier`](Self::train_classifier), also returning the
-    /// classifier's test probabilities (row-major `[n, classes]`). With
-    /// [`ClassifierInit::Plain`], stage 2 starts from `plain` (the autodiff
-    /// plain network of this run), or from one trained here when `None`.
-    fn classifier_and_test_probabilities(
+    /// Test accuracy and test probabilities of a stage-2 classifier.
+    fn classifier_accuracy(
         &self,
+        clf: &Net,
         train: &TensorSet,
         test: &TensorSet,
-        scores: &Scores,
-        plain: Option<&Net>,
-    ) -> Result<(Net, AccuracyMetrics, Vec<f32>)> {
+    ) -> Result<(AccuracyMetrics, Vec<f32>)> {
+        let p = self.test_probabilities(clf, test, "classifier test")?;
+        let pred: Vec<usize> = p.chunks(self.classes).map(baselines::argmax).collect();
+        let acc = metrics::accuracy_metrics(&pred, test_truth(test), &train.class_counts())?;
+        Ok((acc, p))
+    }
+
+    /// Trains the stage-2 classifier (validation mode) on the samples
+    /// `scores` keeps; also returns `log pi` of that set (the prior its
+    /// logit-adjusted loss trained against) and the set ([`classifier_set`]). With
+    /// [`ClassifierInit::Plain`], it starts from `plain` (the autodiff
+    /// plain network of this run), or from one trained here when `None`.
+    fn stage2(&self, train: &TensorSet, scores: &Scores, plain: Option<&Net>) -> Result<(Net, Vec<f32>, Vec<usize>)> {
         let cfg = &self.config;
         if scores.flagged.len() != train.len()
             || scores.weight.len() != train.len()
@@ -1339,10 +1424,22 @@ impl<'a> Engine<'a> {
         let lp = log_prior(&metrics::label_counts(&kept_labels, self.classes));
         let clf =
             self.train_net(train, &keep, "classifier", cfg.seed.wrapping_add(77), Some((&weight, &lp)), init)?.valid();
-        let p = self.test_probabilities(&clf, test, "classifier test")?;
-        let pred: Vec<usize> = p.chunks(self.classes).map(baselines::argmax).collect();
-        let acc = metrics::accuracy_metrics(&pred, test_truth(test), &train.class_counts())?;
-        Ok((clf, acc, p))
+        Ok((clf, lp, keep))
+    }
+
+    /// The stage-2 classifier's logits on `indices` of `set`, shifted by
+    /// `log_prior` (the prior it trained against): as identifier logits
+    /// with `tau = 1`, their adjusted softmax is the classifier's own
+    /// (balanced) softmax and their raw argmax is its prediction under the
+    /// training set's class distribution ([`Scorer::Classifier`]).
+    fn classifier_logits(&self, clf: &Net, set: &TensorSet, log_prior: &[f32], name: &str) -> Result<Vec<f32>> {
+        let all: Vec<usize> = (0..set.len()).collect();
+        let f = self.features(clf, set, &all, name, self.config.tta_flip)?;
+        let mut z = read_f32(clf.fc.forward(f), "classifier logits")?;
+        for row in z.chunks_mut(self.classes) {
+            row.iter_mut().zip(log_prior).for_each(|(v, l)| *v += l);
+        }
+        Ok(z)
     }
 
     /// Runs the configured method on `train`; with `test` and
@@ -1358,6 +1455,8 @@ impl<'a> Engine<'a> {
         let all: Vec<usize> = (0..train.len()).collect();
         let mut rounds = Vec::new();
         let mut round_logits = Vec::new();
+        // Stage 2 and its prior, when the classifier scores (Scorer::Classifier).
+        let mut scoring_classifier: Option<(Net, Vec<f32>)> = None;
         // `plain`: the stage-A network trained on every sample (cross-entropy
         // with mixup), the reference a long-tail user has without h2e, and
         // where stage 2 starts (autodiff, as trained).
@@ -1410,7 +1509,54 @@ impl<'a> Engine<'a> {
                     keep = (0..train.len()).filter(|&i| !scores.flagged[i]).collect();
                     last = Some((net, head, lp, scores));
                 }
-                let (net, head, lp, scores) = last.expect("at least one round");
+                let (net, head, lp, mut scores) = last.expect("at least one round");
+                if cfg.scorer == Scorer::Classifier {
+                    let t = Instant::now();
+                    let r = cfg.rounds + 1;
+                    let (clf, clf_lp, kept) = self.stage2(train, &scores, first_net.as_ref())?;
+                    // The identifier's flags that stage 2 trained on all the
+                    // same (a class's least suspicious flags, back so that no
+                    // class falls under classifier_min_keep): the classifier
+                    // fit them, so it cannot clear them.
+                    let rescued: Vec<usize> = kept.iter().copied().filter(|&i| scores.flagged[i]).collect();
+                    let logits = self.classifier_logits(&clf, train, &clf_lp, "classifier scoring")?;
+                    let ones = vec![1.0f32; self.classes];
+                    let per: Vec<SampleScore> = logits
+                        .chunks_exact(self.classes)
+                        .zip(&train.labels)
+                        .map(|(row, &l)| score::per_sample(row, Some(l), &ones, &clf_lp))
+                        .collect();
+                    if per.iter().any(|s| !s.noise_score.is_finite()) {
+                        return Err(Error::Train(
+                            "the stage-2 classifier produced non-finite scores; lower --classifier-lr".into(),
+                        ));
+                    }
+                    let probs = score::adjusted_probabilities(&logits, self.classes, &ones, &clf_lp);
+                    let history = cfg.floor_rounds.history(&earlier);
+                    let mut by_classifier = score::apply_over_rounds(
+                        &per,
+                        Some(&probs),
+                        &train.labels,
+                        self.classes,
+                        &cfg.operating_point,
+                        &history,
+                    )?;
+                    for &i in &rescued {
+                        by_classifier.flagged[i] = true;
+                        by_classifier.weight[i] = score::NOISE_WEIGHT;
+                        by_classifier.noise_score[i] = by_classifier.noise_score[i].max(scores.noise_score[i]);
+                    }
+                    scores = by_classifier;
+                    let mut report = self.round_report(train, r, kept.len(), &scores, ones.clone(), t)?;
+                    report.by_classifier = true;
+                    report.operating_points = self.operating_points(train, &per, &probs, &earlier)?;
+                    report.class_estimates = score::class_estimates(&per, &probs, &train.labels, self.classes)?;
+                    rounds.push(report);
+                    if self.round_logits {
+                        round_logits.push(RoundLogits { round: r, logits, tau: ones, log_prior: clf_lp.clone() });
+                    }
+                    scoring_classifier = Some((clf, clf_lp));
+                }
                 (net, head, lp, scores, first_net)
             }
             method => {
@@ -1475,12 +1621,18 @@ impl<'a> Engine<'a> {
         };
         // Each network's test probabilities are computed once and shared
         // by its accuracy and the model averages.
-        let (classifier, accuracy, clf_probs) = match (cfg.classifier, test) {
-            (true, Some(test)) => {
-                let (clf, acc, p) = self.classifier_and_test_probabilities(train, test, &scores, plain.as_ref())?;
-                (Some(clf), Some(acc), Some(p))
+        let (classifier, classifier_log_prior, accuracy, clf_probs) = match (scoring_classifier, cfg.classifier, test) {
+            (Some((clf, lp)), _, Some(test)) => {
+                let (acc, p) = self.classifier_accuracy(&clf, train, test)?;
+                (Some(clf), Some(lp), Some(acc), Some(p))
             }
-            _ => (None, None, None),
+            (Some((clf, lp)), _, None) => (Some(clf), Some(lp), None, None),
+            (None, true, Some(test)) => {
+                let (clf, lp, _) = self.stage2(train, &scores, plain.as_ref())?;
+                let (acc, p) = self.classifier_accuracy(&clf, train, test)?;
+                (Some(clf), Some(lp), Some(acc), Some(p))
+            }
+            _ => (None, None, None, None),
         };
         let plain_probs = match (test, &plain) {
             (Some(test), Some(plain)) => Some(self.test_probabilities(&plain.valid(), test, "reference test")?),
@@ -1503,6 +1655,22 @@ impl<'a> Engine<'a> {
             }
             _ => Vec::new(),
         };
+        let mut network_probs = Vec::new();
+        if self.round_logits {
+            let named = [
+                ("plain", plain.as_ref().map(|p| p.valid())),
+                ("backbone", Some(net.clone())),
+                ("classifier", classifier.clone()),
+            ];
+            for (name, n) in named {
+                if let Some(n) = n {
+                    network_probs.push((
+                        name.to_string(),
+                        self.probabilities(&n, train, &all, &format!("{name} on the training set"))?,
+                    ));
+                }
+            }
+        }
         let flagged = (0..train.len()).filter(|&i| scores.flagged[i]).collect();
         let report = TrainReport {
             method: cfg.method,
@@ -1526,6 +1694,8 @@ impl<'a> Engine<'a> {
             scores,
             report,
             round_logits,
+            network_probs,
+            classifier_log_prior,
         })
     }
 }

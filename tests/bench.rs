@@ -175,10 +175,11 @@ fn resumed_runs_reuse_the_saved_results(out: &Path, rows: &[serde_json::Value]) 
     assert_eq!(json["rows"].as_array().unwrap().len(), 0);
     assert_eq!(json["missing"].as_array().unwrap().len(), 4);
     // A change that only h2e reads (3 rounds, mirror scoring, the
-    // identifier's epochs and IRM weight) leaves the baselines' saved
-    // results valid: only h2e is missing.
+    // identifier's epochs and IRM weight, the classifier scorer) leaves the
+    // baselines' saved results valid: only h2e is missing.
     let mut other = quick.to_vec();
-    other.extend(["--rounds", "3", "--tta-flip", "--identifier-epochs", "2", "--irm-lambda", "0", "--report-only"]);
+    other.extend(["--rounds", "3", "--tta-flip", "--identifier-epochs", "2", "--irm-lambda", "0"]);
+    other.extend(["--scorer", "classifier", "--report-only"]);
     let o = h2e(&other);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -283,6 +283,118 @@ fn stage_two_starts_from_the_plain_network_unless_told_to_start_from_scratch() {
     assert!(c.balanced_accuracy < plain.balanced_accuracy - 0.2, "{c:?} against {plain:?}");
 }
 
+#[test]
+fn the_classifier_scorer_adds_a_round_and_its_bundle_flags_what_training_flagged() {
+    use h2e::train::Scorer;
+    let set = synthetic(4);
+    let test = synthetic(5);
+    let cfg = TrainConfig { rounds: 1, classifier_epochs: Some(2), scorer: Scorer::Classifier, ..tiny(Method::H2e) };
+    let engine = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().with_round_logits();
+    let t = engine.run(&set, Some(&test), "test").unwrap();
+    // The identifier's round, then the classifier's, which decides the flags.
+    let rounds = &t.report.rounds;
+    assert_eq!(rounds.iter().map(|r| (r.round, r.by_classifier)).collect::<Vec<_>>(), vec![(1, false), (2, true)]);
+    assert_eq!(rounds[1].flagged, t.scores.flagged.iter().filter(|&&f| f).count());
+    assert!(rounds[1].tau.iter().all(|&v| v == 1.0));
+    assert!(rounds[1].metrics.as_ref().expect("ground truth").f1 > 0.5, "{:?}", rounds[1].metrics);
+    // Stage 2 is trained without --classifier, tested and shipped.
+    assert!(t.classifier.is_some() && t.report.classifier.is_some());
+    // Its round is saved like an identifier's: the classifier's logits plus
+    // the log prior, with tau = 1, rescore to the same flags.
+    assert_eq!(t.round_logits.len(), 2);
+    let r = &t.round_logits[1];
+    let op = &t.config.operating_point;
+    let again = h2e::score::score_logits_over_rounds(&r.logits, 3, &set.labels, &r.tau, &r.log_prior, op, &[]).unwrap();
+    // The run's flags are the classifier's, plus the identifier's flags that
+    // stage 2 trained on anyway (none here: no class lost half of its
+    // samples to the identifier).
+    assert_eq!(again.flagged, t.scores.flagged);
+    // Its noise score is 1 - the classifier's balanced p(label).
+    let p = &t.network_probs.iter().find(|(k, _)| k == "classifier").expect("classifier probabilities").1;
+    for (i, &l) in set.labels.iter().enumerate() {
+        assert!((t.scores.noise_score[i] - (1.0 - p[i * 3 + l])).abs() < 1e-4, "sample {i}");
+    }
+    // The bundle scores new data with the classifier: it flags what training flagged.
+    let (flags, want) = (t.scores.flagged.clone(), t.scores.noise_score.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("id.zip");
+    Identifier::from_trained(t, &set, Device::flex()).unwrap().save(&path).unwrap();
+    let id = Identifier::open(&path, Device::flex()).unwrap();
+    assert_eq!(id.config().train.scorer, Scorer::Classifier);
+    assert!(id.tau().iter().all(|&v| v == 1.0));
+    let got = id.score_set(&set, None).unwrap();
+    assert_eq!(got.flagged, flags);
+    for (a, b) in got.noise_score.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-4, "saved identifier scores {a}, training scored {b}");
+    }
+    // A hand-edited bundle that claims the classifier scores but has none.
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).unwrap();
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut v).unwrap();
+        if f.name() == "config.json" {
+            let mut c: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            c["has_classifier"] = serde_json::json!(false);
+            v = serde_json::to_vec(&c).unwrap();
+        }
+        if f.name() != "classifier.safetensors" {
+            members.push((f.name().to_string(), v));
+        }
+    }
+    let entries: Vec<(&str, &[u8])> = members.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    let bad = dir.path().join("no-classifier.zip");
+    std::fs::write(&bad, common::raw_zip(&entries)).unwrap();
+    let e = Identifier::open(&bad, Device::flex()).unwrap_err().to_string();
+    assert!(e.contains("no-classifier.zip!config.json") && e.contains("has none"), "{e}");
+}
+
+#[test]
+fn the_classifier_scorer_cannot_clear_a_flag_that_stage_two_trained_on() {
+    use h2e::train::Scorer;
+    let set = synthetic(4);
+    // classifier_min_keep = 1: stage 2 trains on every sample, so each of
+    // the identifier's flags is in its training set and must stay flagged.
+    let go = |scorer| {
+        let cfg = TrainConfig {
+            rounds: 1,
+            classifier_epochs: Some(2),
+            classifier_min_keep: 1.0,
+            scorer,
+            ..tiny(Method::H2e)
+        };
+        Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().run(&set, None, "test").unwrap()
+    };
+    let by_identifier = go(Scorer::Identifier);
+    let by_classifier = go(Scorer::Classifier);
+    assert!(by_identifier.scores.flagged.iter().any(|&f| f));
+    for (i, &f) in by_identifier.scores.flagged.iter().enumerate() {
+        if f {
+            assert!(by_classifier.scores.flagged[i], "sample {i} lost its flag");
+            assert_eq!(by_classifier.scores.weight[i], h2e::score::NOISE_WEIGHT);
+            assert!(by_classifier.scores.noise_score[i] >= by_identifier.scores.noise_score[i] - 1e-6);
+        }
+    }
+}
+
+#[test]
+fn the_classifier_scorer_is_h2es_alone() {
+    use h2e::train::Scorer;
+    // A baseline run ignores it (and its identifier scores with its network).
+    let set = synthetic(6);
+    let cfg = TrainConfig { epochs: 2, scorer: Scorer::Classifier, ..tiny(Method::Ce) };
+    let t = run(&Device::flex(), cfg, &set);
+    assert_eq!(t.config.scorer, Scorer::Identifier);
+    assert!(t.classifier.is_none() && t.report.rounds.iter().all(|r| !r.by_classifier));
+    // Configurations saved before the setting read back as the identifier.
+    let old = serde_json::json!({"epochs": 3});
+    let c: TrainConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(c.scorer, Scorer::Identifier);
+    assert!(!serde_json::to_string(&TrainConfig::default()).unwrap().contains("scorer"));
+    assert!("classifier".parse::<Scorer>().unwrap() == Scorer::Classifier && "head".parse::<Scorer>().is_err());
+}
+
 fn wgpu() -> Option<Device> {
     match std::panic::catch_unwind(|| Device::enumerate(DeviceType::Wgpu).into_iter().next()) {
         Ok(Some(d)) => Some(d),

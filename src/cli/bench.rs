@@ -152,6 +152,10 @@ pub struct QualityArgs {
     /// (test-time augmentation; the baselines score as before).
     #[arg(long)]
     pub tta_flip: bool,
+    /// Which network decides h2e's final flags: identifier (the default)
+    /// or classifier (stage 2 scores, as one more round).
+    #[arg(long)]
+    pub scorer: Option<h2e::train::Scorer>,
     /// Also save every h2e round's identifier logits on the draw
     /// (draws/NAME.h2e.logits.safetensors, about samples x classes x 4
     /// bytes a round), for `h2e bench rescore`.
@@ -287,6 +291,7 @@ fn quality(a: QualityArgs) -> Result<i32> {
     }
     cfg.round_min_score = h2e::score::round_min_score_for(a.round_min_score);
     cfg.tta_flip = a.tta_flip;
+    cfg.scorer = a.scorer.unwrap_or(cfg.scorer);
     cfg.validate()?;
     if let Some(part) = a.shard {
         draws = shard(&draws, part);

@@ -121,6 +121,14 @@ pub struct TrainArgs {
     /// its class (not digits or text).
     #[arg(long)]
     pub tta_flip: bool,
+    /// Which network decides the final flags (h2e): identifier (the last
+    /// round's invariant head) or classifier (stage 2 trains on the
+    /// identifier's kept samples, then scores every sample with its
+    /// balanced probabilities under the same rule; reported as one more
+    /// round, and the saved identifier scores with it). The classifier
+    /// costs about one more backbone's training.
+    #[arg(long, default_value = "identifier")]
+    pub scorer: h2e::train::Scorer,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -204,6 +212,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         floor_rounds: a.floor_rounds,
         round_min_score: h2e::score::round_min_score_for(a.round_min_score),
         tta_flip: a.tta_flip,
+        scorer: a.scorer,
         seed: a.seed,
         ..TrainConfig::default()
     };
@@ -241,7 +250,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         .with_context(|| format!("preparing checkpoints in {}", ckpt.display()))?;
     let trained = engine.run(&train, test.as_ref(), selected.backend).context("training")?;
     for r in &trained.report.rounds {
-        let mut line = format!("round {}: flagged {} of {} samples", r.round, r.flagged, train.len());
+        let by = if r.by_classifier { " (stage-2 classifier)" } else { "" };
+        let mut line = format!("round {}{by}: flagged {} of {} samples", r.round, r.flagged, train.len());
         if let Some(m) = &r.metrics {
             line += &format!("; noise detection {}", super::term::detection_line(m));
         }
@@ -276,11 +286,11 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         .iter()
         .map(|r| match &r.metrics {
             Some(m) => serde_json::json!({
-                "round": r.round, "flagged": r.flagged,
+                "round": r.round, "by_classifier": r.by_classifier, "flagged": r.flagged,
                 "precision": m.precision, "recall": m.recall, "f1": m.f1, "auroc": m.auroc,
                 "head": m.head, "medium": m.medium, "tail": m.tail,
             }),
-            None => serde_json::json!({"round": r.round, "flagged": r.flagged}),
+            None => serde_json::json!({"round": r.round, "by_classifier": r.by_classifier, "flagged": r.flagged}),
         })
         .collect();
     let out = serde_json::json!({
@@ -305,9 +315,10 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         report.backend
     );
     for r in &report.rounds {
+        let by = if r.by_classifier { " (stage-2 classifier)" } else { "" };
         match &r.metrics {
             Some(m) => println!(
-                "round {}: flagged {}; precision {:.3} recall {:.3} F1 {:.3}; F1 head {:.3} medium {:.3} tail {:.3}; AUROC {}",
+                "round {}{by}: flagged {}; precision {:.3} recall {:.3} F1 {:.3}; F1 head {:.3} medium {:.3} tail {:.3}; AUROC {}",
                 r.round,
                 r.flagged,
                 m.precision,
@@ -318,7 +329,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
                 m.tail.f1,
                 m.auroc.map_or("n/a".into(), |a| format!("{a:.3}"))
             ),
-            None => println!("round {}: flagged {} (no ground truth)", r.round, r.flagged),
+            None => println!("round {}{by}: flagged {} (no ground truth)", r.round, r.flagged),
         }
     }
     let line = |name: &str, m: &h2e::metrics::AccuracyMetrics| {
