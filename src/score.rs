@@ -697,7 +697,13 @@ pub fn score_logits_over_rounds(
 
 /// [`per_sample`] over each labelled row of a row-major `[n, classes]`
 /// logits buffer.
-fn per_samples(logits: &[f32], classes: usize, labels: &[usize], tau: &[f32], log_prior: &[f32]) -> Vec<SampleScore> {
+pub fn per_samples(
+    logits: &[f32],
+    classes: usize,
+    labels: &[usize],
+    tau: &[f32],
+    log_prior: &[f32],
+) -> Vec<SampleScore> {
     logits.chunks_exact(classes).zip(labels).map(|(row, &l)| per_sample(row, Some(l), tau, log_prior)).collect()
 }
 

@@ -1521,11 +1521,7 @@ impl<'a> Engine<'a> {
                     let rescued: Vec<usize> = kept.iter().copied().filter(|&i| scores.flagged[i]).collect();
                     let logits = self.classifier_logits(&clf, train, &clf_lp, "classifier scoring")?;
                     let ones = vec![1.0f32; self.classes];
-                    let per: Vec<SampleScore> = logits
-                        .chunks_exact(self.classes)
-                        .zip(&train.labels)
-                        .map(|(row, &l)| score::per_sample(row, Some(l), &ones, &clf_lp))
-                        .collect();
+                    let per = score::per_samples(&logits, self.classes, &train.labels, &ones, &clf_lp);
                     if per.iter().any(|s| !s.noise_score.is_finite()) {
                         return Err(Error::Train(
                             "the stage-2 classifier produced non-finite scores; lower --classifier-lr".into(),

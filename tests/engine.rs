@@ -328,19 +328,13 @@ fn the_classifier_scorer_adds_a_round_and_its_bundle_flags_what_training_flagged
         assert!((a - b).abs() < 1e-4, "saved identifier scores {a}, training scored {b}");
     }
     // A hand-edited bundle that claims the classifier scores but has none.
-    let mut zip = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
-    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
-    for i in 0..zip.len() {
-        let mut f = zip.by_index(i).unwrap();
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut v).unwrap();
-        if f.name() == "config.json" {
-            let mut c: serde_json::Value = serde_json::from_slice(&v).unwrap();
+    let mut members = common::zip_members(&path);
+    members.retain(|(name, _)| name != "classifier.safetensors");
+    for (name, v) in &mut members {
+        if name == "config.json" {
+            let mut c: serde_json::Value = serde_json::from_slice(v).unwrap();
             c["has_classifier"] = serde_json::json!(false);
-            v = serde_json::to_vec(&c).unwrap();
-        }
-        if f.name() != "classifier.safetensors" {
-            members.push((f.name().to_string(), v));
+            *v = serde_json::to_vec(&c).unwrap();
         }
     }
     let entries: Vec<(&str, &[u8])> = members.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
@@ -513,16 +507,11 @@ fn bad_identifier_bundles_are_clear_errors() {
     let id = Identifier::from_trained(t, &set, dev.clone()).unwrap();
     let good = dir.path().join("good.zip");
     id.save(&good).unwrap();
-    let mut zip = zip::ZipArchive::new(std::fs::File::open(&good).unwrap()).unwrap();
-    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
-    for i in 0..zip.len() {
-        let mut f = zip.by_index(i).unwrap();
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut v).unwrap();
-        if f.name() == "model.safetensors" {
+    let mut members = common::zip_members(&good);
+    for (name, v) in &mut members {
+        if name == "model.safetensors" {
             v.truncate(v.len() / 2);
         }
-        members.push((f.name().to_string(), v));
     }
     let entries: Vec<(&str, &[u8])> = members.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
     let cut = dir.path().join("cut.zip");

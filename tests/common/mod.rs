@@ -29,6 +29,20 @@ pub fn folder(root: &Path, classes: &[(&str, usize)]) {
     }
 }
 
+/// Every member of the zip at `path`, in order, as (name, bytes): a bundle
+/// to edit by hand and write back with [`raw_zip`].
+pub fn zip_members(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    (0..zip.len())
+        .map(|i| {
+            let mut f = zip.by_index(i).unwrap();
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut v).unwrap();
+            (f.name().to_string(), v)
+        })
+        .collect()
+}
+
 /// A zip with the given (name, bytes) members, all stored, built by hand so
 /// that names the `zip` crate would refuse (duplicates, `..`) can be written.
 pub fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
