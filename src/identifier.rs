@@ -126,9 +126,11 @@ impl Identifier {
     pub fn from_trained(trained: Trained, train: &TensorSet, device: Device) -> Result<Identifier> {
         let cfg = &trained.config;
         // With the classifier scorer, the classifier's logits plus its
-        // prior play the raw logits, with tau = 1 (Scorer::Classifier).
+        // prior play the raw logits, with tau = 1 (Scorer::Classifier). The
+        // joint scorer's rule needs the training set's flips, so its bundle
+        // scores new data with the identifier.
         let (tau, log_prior) = match (cfg.scorer, &trained.classifier_log_prior) {
-            (Scorer::Identifier, _) => (trained.tau()?, trained.log_prior.clone()),
+            (Scorer::Identifier | Scorer::Joint, _) => (trained.tau()?, trained.log_prior.clone()),
             (Scorer::Classifier, Some(lp)) => (vec![1.0; lp.len()], lp.clone()),
             (Scorer::Classifier, None) => {
                 return Err(Error::Argument("the classifier scorer's run has no stage-2 classifier".into()))

@@ -652,6 +652,61 @@ pub fn apply_caps(
     }
 }
 
+/// The final scores when the stage-2 classifier scores
+/// ([`crate::train::Scorer`]), from the last identifier's `identifier`
+/// scores, the classifier's per-sample scores `per` and its flags
+/// `by_classifier` (decided under the same operating point):
+/// - a sample the identifier flagged that stage 2 trained on all the same
+///   (`trained_on`) keeps its flag, at the higher of the two scores: the
+///   classifier fit it, so it cannot clear it;
+/// - in a class of `spared` (with [`crate::train::Scorer::Joint`], the
+///   classes the identifier's score floor spares: systematic flips and
+///   the classes they point at) the classifier can only clear the
+///   identifier's flags, and the score stays the identifier's: stage 2
+///   learnt part of a flip from the half of each class it keeps, so its
+///   own doubts there are no evidence, while its agreement with a label
+///   still is;
+/// - elsewhere the classifier's flags and scores decide.
+///
+/// Then `op`'s caps, and weights from the classifier's confidence.
+#[allow(clippy::too_many_arguments)]
+pub fn classifier_scores(
+    identifier: &Scores,
+    per: &[SampleScore],
+    by_classifier: &[bool],
+    trained_on: &[bool],
+    spared: &[bool],
+    labels: &[usize],
+    classes: usize,
+    op: &OperatingPoint,
+) -> Result<Scores> {
+    let n = labels.len();
+    let lengths =
+        [identifier.flagged.len(), identifier.noise_score.len(), per.len(), by_classifier.len(), trained_on.len()];
+    if lengths.iter().any(|&l| l != n) || spared.len() != classes {
+        return Err(Error::Argument(format!(
+            "classifier scores for {n} samples and {classes} classes got lengths {lengths:?} and {} spared classes",
+            spared.len()
+        )));
+    }
+    let mut per = per.to_vec();
+    let mut flagged = Vec::with_capacity(n);
+    for i in 0..n {
+        let rescued = trained_on[i] && identifier.flagged[i];
+        let by_clf = by_classifier[i] || rescued;
+        if spared.get(labels[i]).copied().unwrap_or(false) {
+            flagged.push(identifier.flagged[i] && by_clf);
+            per[i].noise_score = identifier.noise_score[i];
+        } else {
+            flagged.push(by_clf);
+            if rescued {
+                per[i].noise_score = per[i].noise_score.max(identifier.noise_score[i]);
+            }
+        }
+    }
+    Ok(apply_caps(&per, flagged, labels, classes, op))
+}
+
 /// `softmax(z - tau * log_prior)` of every row of a row-major `[n, classes]`
 /// logits buffer (max-subtracted, as [`per_sample`]).
 pub fn adjusted_probabilities(logits: &[f32], classes: usize, tau: &[f32], log_prior: &[f32]) -> Vec<f32> {
@@ -1119,5 +1174,56 @@ mod tests {
         assert_eq!("every".parse::<FloorRounds>().unwrap(), FloorRounds::Every);
         assert_eq!(FloorRounds::Last.to_string(), "last");
         assert!("all".parse::<FloorRounds>().unwrap_err().to_string().contains("expected last or every"));
+    }
+
+    #[test]
+    fn the_classifier_decides_outside_spared_classes_and_only_clears_inside() {
+        // Class 0 is spared (a flipped class), class 1 is not.
+        let labels = [0, 0, 0, 0, 1, 1, 1, 1];
+        let id_flags = [true, true, false, true, true, false, false, true];
+        let id_score = [0.95, 0.92, 0.1, 0.97, 0.9, 0.2, 0.3, 0.6];
+        let clf_flags = [true, false, true, false, false, true, false, false];
+        let clf_score = [0.99, 0.2, 0.96, 0.3, 0.4, 0.93, 0.1, 0.5];
+        // Stage 2 trained on sample 3 (flagged by the identifier, class 0)
+        // and sample 7 (flagged by the identifier, class 1).
+        let trained_on = [false, false, true, true, false, true, true, true];
+        let identifier = Scores {
+            pred: vec![0; 8],
+            noise_score: id_score.to_vec(),
+            flagged: id_flags.to_vec(),
+            weight: vec![1.0; 8],
+        };
+        let per: Vec<SampleScore> = (0..8)
+            .map(|i| SampleScore {
+                pred: 1 - labels[i],
+                plain_pred: 1 - labels[i],
+                noise_score: clf_score[i],
+                max_prob: 0.5 + 0.05 * i as f32,
+                prob_label: 1.0 - clf_score[i],
+            })
+            .collect();
+        let op = OperatingPoint { min_per_class: 0, ..OperatingPoint::default() };
+        let s = classifier_scores(&identifier, &per, &clf_flags, &trained_on, &[true, false], &labels, 2, &op).unwrap();
+        // Class 0: both agree (0) -> flagged; the classifier clears 1;
+        // it cannot add 2; 3 was trained on, so it keeps its flag.
+        // Class 1: the classifier's own flags (5), plus the trained-on 7.
+        assert_eq!(s.flagged, vec![true, false, false, true, false, true, false, true]);
+        // Scores: the identifier's in the spared class, the classifier's
+        // elsewhere, the higher of the two for the rescued sample 7.
+        assert_eq!(s.noise_score, vec![0.95, 0.92, 0.1, 0.97, 0.4, 0.93, 0.1, 0.6]);
+        // Weights: flagged 0.01, cleared samples a confidence weight.
+        for (w, f) in s.weight.iter().zip(&s.flagged) {
+            assert!(if *f { *w == NOISE_WEIGHT } else { (0.5..=1.0).contains(w) }, "{w} {f}");
+        }
+        // Without spared classes: the classifier decides everywhere.
+        let s =
+            classifier_scores(&identifier, &per, &clf_flags, &trained_on, &[false, false], &labels, 2, &op).unwrap();
+        assert_eq!(s.flagged, vec![true, false, true, true, false, true, false, true]);
+        assert_eq!(s.noise_score[3], 0.97);
+        // Mismatched lengths are an error, not a panic.
+        let err = classifier_scores(&identifier, &per[..7], &clf_flags, &trained_on, &[false, false], &labels, 2, &op);
+        assert!(err.unwrap_err().to_string().contains("8 samples"));
+        let err = classifier_scores(&identifier, &per, &clf_flags, &trained_on, &[false], &labels, 2, &op);
+        assert!(err.is_err());
     }
 }

@@ -151,11 +151,29 @@ pub enum Scorer {
     /// class) keeps its flag: the classifier fit it. The saved identifier
     /// scores new data with the classifier alone.
     Classifier,
+    /// Both: the classifier decides as with [`Scorer::Classifier`], except
+    /// in the classes where the last identifier sees a systematic flip and
+    /// the classes those flips point at (the classes its score floor
+    /// spares, [`crate::score::floor_free_classes`]). There the classifier
+    /// can only clear the identifier's flags: stage 2 keeps half of every
+    /// class, so under pair noise it learns part of the flip
+    /// ([`crate::score::classifier_scores`]). On uniform and symmetric
+    /// noise no class is spared and it flags as the classifier does. The
+    /// saved identifier scores new data with the identifier (the rule
+    /// needs the training set's flips), and ships the classifier for
+    /// `classify`.
+    Joint,
 }
 
 impl Scorer {
     fn is_identifier(&self) -> bool {
         *self == Scorer::Identifier
+    }
+
+    /// True when the run trains stage 2 to score (every scorer but the
+    /// identifier).
+    pub fn needs_classifier(&self) -> bool {
+        *self != Scorer::Identifier
     }
 }
 
@@ -164,6 +182,7 @@ impl std::fmt::Display for Scorer {
         f.write_str(match self {
             Scorer::Identifier => "identifier",
             Scorer::Classifier => "classifier",
+            Scorer::Joint => "joint",
         })
     }
 }
@@ -174,7 +193,8 @@ impl std::str::FromStr for Scorer {
         match s {
             "identifier" => Ok(Scorer::Identifier),
             "classifier" => Ok(Scorer::Classifier),
-            _ => Err(Error::Argument(format!("unknown scorer {s:?}; expected identifier or classifier"))),
+            "joint" => Ok(Scorer::Joint),
+            _ => Err(Error::Argument(format!("unknown scorer {s:?}; expected identifier, classifier or joint"))),
         }
     }
 }
@@ -406,7 +426,7 @@ impl TrainConfig {
         if c.method != Method::H2e {
             c.scorer = d.scorer;
         }
-        if !c.classifier && c.scorer != Scorer::Classifier {
+        if !c.classifier && !c.scorer.needs_classifier() {
             c.classifier_epochs = d.classifier_epochs;
             c.classifier_lr = d.classifier_lr;
             c.classifier_min_keep = d.classifier_min_keep;
@@ -476,7 +496,8 @@ pub struct RoundReport {
     /// (h2e rounds that computed the adjusted probabilities).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_estimates: Vec<ClassEstimate>,
-    /// True for the stage-2 classifier's scoring ([`Scorer::Classifier`]):
+    /// True for the stage-2 classifier's scoring ([`Scorer::Classifier`],
+    /// [`Scorer::Joint`]):
     /// the run's last round, after the identifier's; `tau` is then 1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub by_classifier: bool,
@@ -1455,7 +1476,7 @@ impl<'a> Engine<'a> {
         let all: Vec<usize> = (0..train.len()).collect();
         let mut rounds = Vec::new();
         let mut round_logits = Vec::new();
-        // Stage 2 and its prior, when the classifier scores (Scorer::Classifier).
+        // Stage 2 and its prior, when the classifier scores (Scorer::needs_classifier).
         let mut scoring_classifier: Option<(Net, Vec<f32>)> = None;
         // `plain`: the stage-A network trained on every sample (cross-entropy
         // with mixup), the reference a long-tail user has without h2e, and
@@ -1487,6 +1508,7 @@ impl<'a> Engine<'a> {
                     }
                     let head = Head::average(heads).expect("at least one identifier head");
                     let want = cfg.operating_point.rule.needs_probabilities()
+                        || cfg.scorer == Scorer::Joint
                         || train.true_labels.is_some()
                         || self.round_logits;
                     let name = format!("round {r}/{} scoring", cfg.rounds);
@@ -1510,15 +1532,22 @@ impl<'a> Engine<'a> {
                     last = Some((net, head, lp, scores));
                 }
                 let (net, head, lp, mut scores) = last.expect("at least one round");
-                if cfg.scorer == Scorer::Classifier {
+                if cfg.scorer.needs_classifier() {
                     let t = Instant::now();
                     let r = cfg.rounds + 1;
                     let (clf, clf_lp, kept) = self.stage2(train, &scores, first_net.as_ref())?;
-                    // The identifier's flags that stage 2 trained on all the
-                    // same (a class's least suspicious flags, back so that no
-                    // class falls under classifier_min_keep): the classifier
-                    // fit them, so it cannot clear them.
-                    let rescued: Vec<usize> = kept.iter().copied().filter(|&i| scores.flagged[i]).collect();
+                    // What stage 2 trained on, the identifier's flags among
+                    // them too (a class's least suspicious flags, back so
+                    // that no class falls under classifier_min_keep).
+                    let mut trained_on = vec![false; train.len()];
+                    kept.iter().for_each(|&i| trained_on[i] = true);
+                    // The classes where the classifier can only clear flags.
+                    let spared = match (cfg.scorer, rounds.last()) {
+                        (Scorer::Joint, Some(RoundReport { class_estimates: e, .. })) if !e.is_empty() => {
+                            score::floor_free_classes(e, cfg.operating_point.floor_exempt)
+                        }
+                        _ => vec![false; self.classes],
+                    };
                     let logits = self.classifier_logits(&clf, train, &clf_lp, "classifier scoring")?;
                     let ones = vec![1.0f32; self.classes];
                     let per = score::per_samples(&logits, self.classes, &train.labels, &ones, &clf_lp);
@@ -1529,7 +1558,7 @@ impl<'a> Engine<'a> {
                     }
                     let probs = score::adjusted_probabilities(&logits, self.classes, &ones, &clf_lp);
                     let history = cfg.floor_rounds.history(&earlier);
-                    let mut by_classifier = score::apply_over_rounds(
+                    let by_classifier = score::apply_over_rounds(
                         &per,
                         Some(&probs),
                         &train.labels,
@@ -1537,12 +1566,16 @@ impl<'a> Engine<'a> {
                         &cfg.operating_point,
                         &history,
                     )?;
-                    for &i in &rescued {
-                        by_classifier.flagged[i] = true;
-                        by_classifier.weight[i] = score::NOISE_WEIGHT;
-                        by_classifier.noise_score[i] = by_classifier.noise_score[i].max(scores.noise_score[i]);
-                    }
-                    scores = by_classifier;
+                    scores = score::classifier_scores(
+                        &scores,
+                        &per,
+                        &by_classifier.flagged,
+                        &trained_on,
+                        &spared,
+                        &train.labels,
+                        self.classes,
+                        &cfg.operating_point,
+                    )?;
                     let mut report = self.round_report(train, r, kept.len(), &scores, ones.clone(), t)?;
                     report.by_classifier = true;
                     report.operating_points = self.operating_points(train, &per, &probs, &earlier)?;

@@ -373,6 +373,55 @@ fn the_classifier_scorer_cannot_clear_a_flag_that_stage_two_trained_on() {
 }
 
 #[test]
+fn the_joint_scorer_lets_the_classifier_only_clear_flags_in_flipped_classes() {
+    use h2e::score::{classifier_scores, floor_free_classes, per_samples, score_logits, score_logits_over_rounds};
+    use h2e::train::{classifier_set, Scorer};
+    let set = synthetic(4);
+    let test = synthetic(5);
+    let cfg = TrainConfig { rounds: 1, classifier_epochs: Some(2), scorer: Scorer::Joint, ..tiny(Method::H2e) };
+    let engine = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().with_round_logits();
+    let t = engine.run(&set, Some(&test), "test").unwrap();
+    let rounds = &t.report.rounds;
+    assert_eq!(rounds.iter().map(|r| (r.round, r.by_classifier)).collect::<Vec<_>>(), vec![(1, false), (2, true)]);
+    // Rebuild the decision from the saved logits: the identifier's flags,
+    // the classes its floor spares, the classifier's own flags and what
+    // stage 2 trained on.
+    let op = &t.config.operating_point;
+    let (idl, clf) = (&t.round_logits[0], &t.round_logits[1]);
+    let id = score_logits(&idl.logits, 3, &set.labels, &idl.tau, &idl.log_prior, op).unwrap();
+    let spared = floor_free_classes(&rounds[0].class_estimates, op.floor_exempt);
+    // With three classes a class's flags point at one of two others, so
+    // the floor spares classes here (the unit test of classifier_scores
+    // covers classes it does not spare).
+    assert!(spared.iter().any(|&s| s), "{spared:?}");
+    let per = per_samples(&clf.logits, 3, &set.labels, &clf.tau, &clf.log_prior);
+    let by_clf = score_logits_over_rounds(&clf.logits, 3, &set.labels, &clf.tau, &clf.log_prior, op, &[]).unwrap();
+    let (kept, _) = classifier_set(&id, &set.labels, 3, t.config.classifier_min_keep);
+    let mut trained_on = vec![false; set.len()];
+    kept.iter().for_each(|&i| trained_on[i] = true);
+    let want = classifier_scores(&id, &per, &by_clf.flagged, &trained_on, &spared, &set.labels, 3, op).unwrap();
+    assert_eq!(t.scores.flagged, want.flagged);
+    assert_eq!(t.scores.noise_score, want.noise_score);
+    // In a spared class every flag is also the identifier's, at its score.
+    for (i, &l) in set.labels.iter().enumerate() {
+        if spared[l] {
+            assert!(!t.scores.flagged[i] || id.flagged[i], "sample {i} gained a flag in spared class {l}");
+            assert_eq!(t.scores.noise_score[i], id.noise_score[i]);
+        }
+    }
+    // The bundle scores new data with the identifier, and ships the classifier.
+    let tau = idl.tau.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("id.zip");
+    Identifier::from_trained(t, &set, Device::flex()).unwrap().save(&path).unwrap();
+    let saved = Identifier::open(&path, Device::flex()).unwrap();
+    assert_eq!(saved.config().train.scorer, Scorer::Joint);
+    assert!(saved.config().has_classifier);
+    assert_eq!(saved.tau(), tau.as_slice());
+    assert_eq!(saved.score_set(&set, None).unwrap().flagged, id.flagged);
+}
+
+#[test]
 fn the_classifier_scorer_is_h2es_alone() {
     use h2e::train::Scorer;
     // A baseline run ignores it (and its identifier scores with its network).
@@ -387,6 +436,8 @@ fn the_classifier_scorer_is_h2es_alone() {
     assert_eq!(c.scorer, Scorer::Identifier);
     assert!(!serde_json::to_string(&TrainConfig::default()).unwrap().contains("scorer"));
     assert!("classifier".parse::<Scorer>().unwrap() == Scorer::Classifier && "head".parse::<Scorer>().is_err());
+    assert_eq!("joint".parse::<Scorer>().unwrap(), Scorer::Joint);
+    assert_eq!(Scorer::Joint.to_string(), "joint");
 }
 
 fn wgpu() -> Option<Device> {

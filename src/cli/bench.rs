@@ -152,8 +152,10 @@ pub struct QualityArgs {
     /// (test-time augmentation; the baselines score as before).
     #[arg(long)]
     pub tta_flip: bool,
-    /// Which network decides h2e's final flags: identifier (the default)
-    /// or classifier (stage 2 scores, as one more round).
+    /// Which network decides h2e's final flags: identifier (the default),
+    /// classifier (stage 2 scores, as one more round) or joint (stage 2
+    /// scores except in classes the identifier sees flipped, where it can
+    /// only clear flags).
     #[arg(long)]
     pub scorer: Option<h2e::train::Scorer>,
     /// Also save every h2e round's identifier logits on the draw

@@ -125,8 +125,11 @@ pub struct TrainArgs {
     /// round's invariant head) or classifier (stage 2 trains on the
     /// identifier's kept samples, then scores every sample with its
     /// balanced probabilities under the same rule; reported as one more
-    /// round, and the saved identifier scores with it). The classifier
-    /// costs about one more backbone's training.
+    /// round, and the saved identifier scores with it) or joint (the
+    /// classifier decides, except in classes the identifier sees flipped,
+    /// where it can only clear the identifier's flags; the saved identifier
+    /// scores with the identifier). The classifier costs about one more
+    /// backbone's training.
     #[arg(long, default_value = "identifier")]
     pub scorer: h2e::train::Scorer,
     /// Seed of every random choice.
