@@ -283,17 +283,26 @@ fn stage_two_starts_from_the_plain_network_unless_told_to_start_from_scratch() {
     assert!(c.balanced_accuracy < plain.balanced_accuracy - 0.2, "{c:?} against {plain:?}");
 }
 
+/// A one-round h2e run on `synthetic(4)` (test split `synthetic(5)`, round
+/// logits kept) whose final flags `scorer` decides, and that set; checks
+/// that the report holds the identifier's round, then the classifier's.
+fn scored_by(scorer: h2e::train::Scorer) -> (TensorSet, Trained) {
+    let set = synthetic(4);
+    let test = synthetic(5);
+    let cfg = TrainConfig { rounds: 1, classifier_epochs: Some(2), scorer, ..tiny(Method::H2e) };
+    let engine = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().with_round_logits();
+    let t = engine.run(&set, Some(&test), "test").unwrap();
+    let layout: Vec<(usize, bool)> = t.report.rounds.iter().map(|r| (r.round, r.by_classifier)).collect();
+    assert_eq!(layout, vec![(1, false), (2, true)]);
+    (set, t)
+}
+
 #[test]
 fn the_classifier_scorer_adds_a_round_and_its_bundle_flags_what_training_flagged() {
     use h2e::train::Scorer;
-    let set = synthetic(4);
-    let test = synthetic(5);
-    let cfg = TrainConfig { rounds: 1, classifier_epochs: Some(2), scorer: Scorer::Classifier, ..tiny(Method::H2e) };
-    let engine = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().with_round_logits();
-    let t = engine.run(&set, Some(&test), "test").unwrap();
     // The identifier's round, then the classifier's, which decides the flags.
+    let (set, t) = scored_by(Scorer::Classifier);
     let rounds = &t.report.rounds;
-    assert_eq!(rounds.iter().map(|r| (r.round, r.by_classifier)).collect::<Vec<_>>(), vec![(1, false), (2, true)]);
     assert_eq!(rounds[1].flagged, t.scores.flagged.iter().filter(|&&f| f).count());
     assert!(rounds[1].tau.iter().all(|&v| v == 1.0));
     assert!(rounds[1].metrics.as_ref().expect("ground truth").f1 > 0.5, "{:?}", rounds[1].metrics);
@@ -376,13 +385,8 @@ fn the_classifier_scorer_cannot_clear_a_flag_that_stage_two_trained_on() {
 fn the_joint_scorer_lets_the_classifier_only_clear_flags_in_flipped_classes() {
     use h2e::score::{classifier_scores, floor_free_classes, per_samples, score_logits, score_logits_over_rounds};
     use h2e::train::{classifier_set, Scorer};
-    let set = synthetic(4);
-    let test = synthetic(5);
-    let cfg = TrainConfig { rounds: 1, classifier_epochs: Some(2), scorer: Scorer::Joint, ..tiny(Method::H2e) };
-    let engine = Engine::new(Device::flex(), cfg, &set, &Silent).unwrap().with_round_logits();
-    let t = engine.run(&set, Some(&test), "test").unwrap();
+    let (set, t) = scored_by(Scorer::Joint);
     let rounds = &t.report.rounds;
-    assert_eq!(rounds.iter().map(|r| (r.round, r.by_classifier)).collect::<Vec<_>>(), vec![(1, false), (2, true)]);
     // Rebuild the decision from the saved logits: the identifier's flags,
     // the classes its floor spares, the classifier's own flags and what
     // stage 2 trained on.
