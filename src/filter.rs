@@ -4,7 +4,10 @@
 //!
 //! Samples are decoded in batches (on all cores, while the previous batch is
 //! scored), resized to the identifier's input size exactly as training did,
-//! and scored with [`Identifier::score_batch`]; only a few numbers per sample
+//! and scored by the networks the scorer needs (the bundle's
+//! [`crate::train::Scorer`] unless [`FilterOptions::scorer`] says
+//! otherwise; the joint scorer uses both and decides over the whole set,
+//! like the rules below); only a few numbers per sample
 //! are kept (plus its adjusted probability row, `classes` floats, under the
 //! rules that estimate per-class noise rates), never the images. The
 //! operating point is applied once at the end, over every scored labelled
@@ -40,10 +43,11 @@ use crate::bundle::BundleWriter;
 use crate::data::{resize, Image, Source, TensorSet};
 use crate::error::{Error, Result};
 use crate::fsutil::safe_component;
-use crate::identifier::Identifier;
+use crate::identifier::{Identifier, SetScoring};
 use crate::kernels::PackedBatch;
 use crate::progress::{Event, Progress};
 use crate::score::{self, FloorExempt, OperatingPoint, Rule, SampleScore, Scores};
+use crate::train::Scorer;
 
 /// Default number of images decoded and scored together.
 pub const DEFAULT_BATCH: usize = 512;
@@ -146,6 +150,9 @@ pub struct FilterOptions {
     pub unknown_class: UnknownClass,
     /// Which samples to process.
     pub shard: Shard,
+    /// Which network decides instead of the bundle's scorer
+    /// ([`Identifier::check_scorer`]).
+    pub scorer: Option<Scorer>,
 }
 
 impl Default for FilterOptions {
@@ -160,6 +167,7 @@ impl Default for FilterOptions {
             floor_exempt: None,
             unknown_class: UnknownClass::Error,
             shard: Shard::default(),
+            scorer: None,
         }
     }
 }
@@ -332,34 +340,43 @@ impl FilterReport {
 #[derive(Debug)]
 pub struct Filter<'a> {
     id: &'a Identifier,
-    op: OperatingPoint,
     batch_size: usize,
     batch: PackedBatch,
     /// Row and label of each image in `batch`.
     pending: Vec<(usize, Option<usize>)>,
     rows: Vec<FilterRow>,
-    /// Row, score and label of every scored labelled sample.
-    scored: Vec<(usize, SampleScore, usize)>,
-    /// Their adjusted probabilities, when the operating point needs them.
-    probs: Vec<f32>,
+    /// Row of every scored labelled sample, in scoring order.
+    scored: Vec<usize>,
+    /// Their scores, kept for the decision at the end.
+    scoring: SetScoring<'a>,
 }
 
 impl<'a> Filter<'a> {
-    /// A scorer with operating point `op`, scoring `batch_size` images at a time.
+    /// A scorer with the bundle's scorer and operating point `op`, scoring
+    /// `batch_size` images at a time.
     pub fn new(id: &'a Identifier, op: OperatingPoint, batch_size: usize) -> Result<Filter<'a>> {
+        Filter::with_scorer(id, id.scorer(), op, batch_size)
+    }
+
+    /// [`new`](Filter::new) with `scorer` deciding ([`Identifier::check_scorer`]).
+    pub fn with_scorer(
+        id: &'a Identifier,
+        scorer: Scorer,
+        op: OperatingPoint,
+        batch_size: usize,
+    ) -> Result<Filter<'a>> {
         if batch_size == 0 {
             return Err(Error::Argument("batch size must be positive".into()));
         }
         let batch = PackedBatch::new(id.channels())?;
         Ok(Filter {
             id,
-            op,
             batch_size,
             batch,
             pending: Vec::new(),
             rows: Vec::new(),
             scored: Vec::new(),
-            probs: Vec::new(),
+            scoring: SetScoring::new(id, scorer, op)?,
         })
     }
 
@@ -429,19 +446,11 @@ impl<'a> Filter<'a> {
         }
         let batch = std::mem::replace(&mut self.batch, PackedBatch::new(self.id.channels())?);
         let labels: Vec<Option<usize>> = self.pending.iter().map(|p| p.1).collect();
-        let want = self.op.rule.needs_probabilities();
-        let (scores, probs) = self.id.score_batch_with(&batch, &labels, want)?;
-        let classes = self.id.classes().len();
-        for (j, ((row, label), s)) in self.pending.drain(..).zip(scores).enumerate() {
-            let r = &mut self.rows[row];
-            r.predicted_label = self.id.classes()[s.pred].clone();
-            r.label_score = Some(s.prob_label);
-            r.noise_score = Some(s.noise_score);
-            if let Some(l) = label {
-                self.scored.push((row, s, l));
-                if let Some(p) = &probs {
-                    self.probs.extend_from_slice(&p[j * classes..(j + 1) * classes]);
-                }
+        let shown = self.scoring.push(&batch, &labels)?;
+        for ((row, label), s) in self.pending.drain(..).zip(shown) {
+            show(&mut self.rows[row], self.id, &s);
+            if label.is_some() {
+                self.scored.push(row);
             }
         }
         Ok(())
@@ -451,15 +460,20 @@ impl<'a> Filter<'a> {
     /// sample, and returns the rows in push order.
     pub fn finish(mut self) -> Result<Vec<FilterRow>> {
         self.flush()?;
-        let per: Vec<SampleScore> = self.scored.iter().map(|s| s.1).collect();
-        let labels: Vec<usize> = self.scored.iter().map(|s| s.2).collect();
-        let probs = self.op.rule.needs_probabilities().then_some(self.probs.as_slice());
-        let flags = score::apply(&per, probs, &labels, self.id.classes().len(), &self.op)?.flagged;
-        for (&(row, ..), flag) in self.scored.iter().zip(flags) {
+        let (scores, shown) = self.scoring.finish()?;
+        for ((&row, flag), s) in self.scored.iter().zip(scores.flagged).zip(shown) {
+            show(&mut self.rows[row], self.id, &s);
             self.rows[row].is_label_issue = flag;
         }
         Ok(self.rows)
     }
+}
+
+/// Sets a row's prediction and scores from `s`.
+fn show(row: &mut FilterRow, id: &Identifier, s: &SampleScore) {
+    row.predicted_label = id.classes()[s.pred].clone();
+    row.label_score = Some(s.prob_label);
+    row.noise_score = Some(s.noise_score);
 }
 
 /// The identifier's label for each of `src`'s classes, matched by name,
@@ -539,7 +553,9 @@ pub fn filter_source(
         })
         .collect();
     let total = plan.len();
-    let mut filter = Filter::new(id, opts.operating_point(&id.config().operating_point), opts.batch_size)?;
+    let scorer = opts.scorer.unwrap_or(id.scorer());
+    let mut filter =
+        Filter::with_scorer(id, scorer, opts.operating_point(&id.config().operating_point), opts.batch_size)?;
     let (channels, size) = (id.channels() as u8, id.input_size() as u32);
     progress.event(Event::Start { stage: "filter", total: total as u64 });
     std::thread::scope(|s| -> Result<()> {

@@ -80,6 +80,12 @@ pub struct IdentifierConfig {
     pub data_fingerprint: String,
     /// Whether `classifier.safetensors` is present.
     pub has_classifier: bool,
+    /// Class priors of the set the stage-2 classifier trained on (absent
+    /// without a classifier, and in bundles written before h2e saved
+    /// them): with them any scorer that uses the classifier can score new
+    /// data ([`Identifier::check_scorer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_priors: Option<Vec<f32>>,
     /// The full training configuration.
     pub train: TrainConfig,
 }
@@ -127,8 +133,8 @@ impl Identifier {
         let cfg = &trained.config;
         // With the classifier scorer, the classifier's logits plus its
         // prior play the raw logits, with tau = 1 (Scorer::Classifier). The
-        // joint scorer's rule needs the training set's flips, so its bundle
-        // scores new data with the identifier.
+        // joint scorer needs both networks: the identifier's tau and prior
+        // here, the classifier's prior in `classifier_priors`.
         let (tau, log_prior) = match (cfg.scorer, &trained.classifier_log_prior) {
             (Scorer::Identifier | Scorer::Joint, _) => (trained.tau()?, trained.log_prior.clone()),
             (Scorer::Classifier, Some(lp)) => (vec![1.0; lp.len()], lp.clone()),
@@ -152,6 +158,10 @@ impl Identifier {
             seed: cfg.seed,
             data_fingerprint: fingerprint(train),
             has_classifier: trained.classifier.is_some(),
+            classifier_priors: match &trained.classifier {
+                Some(_) => trained.classifier_log_prior.as_ref().map(|lp| lp.iter().map(|l| l.exp()).collect()),
+                None => None,
+            },
             train: cfg.clone(),
         };
         Ok(Identifier {
@@ -296,9 +306,65 @@ impl Identifier {
         PreprocessParams { mean: self.config.mean, std: self.config.std, ..PreprocessParams::eval(s, s) }
     }
 
+    /// The scorer the run that saved this bundle used (`train.scorer`):
+    /// what [`score_set`](Self::score_set) and `h2e filter` use unless told
+    /// otherwise.
+    pub fn scorer(&self) -> Scorer {
+        self.config.train.scorer
+    }
+
+    /// Errors unless this bundle can score new data with `scorer`: the
+    /// classifier and joint scorers need a bundled classifier and its class
+    /// priors; the identifier and joint scorers need the identifier's
+    /// prior, which a bundle saved by a classifier-scorer run does not keep.
+    pub fn check_scorer(&self, scorer: Scorer) -> Result<()> {
+        if scorer != Scorer::Classifier && self.scorer() == Scorer::Classifier {
+            return Err(Error::Argument(format!(
+                "the {scorer} scorer needs the identifier's class priors, and this bundle (saved by a \
+                 --scorer classifier run) keeps the classifier's only; use --scorer classifier"
+            )));
+        }
+        if scorer != Scorer::Identifier {
+            if self.classifier.is_none() {
+                return Err(Error::Argument(format!(
+                    "the {scorer} scorer needs a stage-2 classifier and this identifier has none; train it with --classifier"
+                )));
+            }
+            if self.classifier_log_prior().is_none() {
+                return Err(Error::Argument(format!(
+                    "the {scorer} scorer needs the classifier's class priors, and this bundle was saved \
+                     before h2e kept them (config.json has no classifier_priors); retrain, or use --scorer identifier"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The log prior that turns the classifier's logits into plain ones.
+    fn classifier_log_prior(&self) -> Option<Vec<f32>> {
+        self.classifier.as_ref()?;
+        match self.scorer() {
+            Scorer::Classifier => Some(self.log_prior()),
+            _ => self.config.classifier_priors.as_ref().map(|p| p.iter().map(|p| p.max(1e-12).ln()).collect()),
+        }
+    }
+
+    /// The network whose scores [`score_batch`](Self::score_batch) gives:
+    /// the classifier when the classifier scorer saved the bundle, else the
+    /// identifier (the joint scorer decides over a whole set).
+    fn batch_network(&self) -> Network {
+        match self.scorer() {
+            Scorer::Classifier => Network::Classifier,
+            _ => Network::Identifier,
+        }
+    }
+
     /// Per-sample scores of a packed batch (any image sizes; resized on the
     /// device). `labels[i]` is the given label of sample `i`, or `None`
-    /// when unlabelled (the score is then `1 - max p`).
+    /// when unlabelled (the score is then `1 - max p`). The identifier's
+    /// scores, or the classifier's when a classifier-scorer run saved the
+    /// bundle; the joint scorer needs the whole set
+    /// ([`score_set`](Self::score_set), [`crate::filter::Filter`]).
     pub fn score_batch(&self, batch: &PackedBatch, labels: &[Option<usize>]) -> Result<Vec<SampleScore>> {
         Ok(self.score_batch_with(batch, labels, false)?.0)
     }
@@ -312,6 +378,17 @@ impl Identifier {
         labels: &[Option<usize>],
         probabilities: bool,
     ) -> Result<(Vec<SampleScore>, Option<Vec<f32>>)> {
+        self.score_batch_by(batch, labels, self.batch_network(), probabilities)
+    }
+
+    /// [`score_batch_with`](Self::score_batch_with) by `network`.
+    fn score_batch_by(
+        &self,
+        batch: &PackedBatch,
+        labels: &[Option<usize>],
+        network: Network,
+        probabilities: bool,
+    ) -> Result<(Vec<SampleScore>, Option<Vec<f32>>)> {
         if labels.len() != batch.len() {
             return Err(Error::Argument(format!("{} labels for a batch of {}", labels.len(), batch.len())));
         }
@@ -322,16 +399,15 @@ impl Identifier {
         if batch.is_empty() {
             return Ok((Vec::new(), probabilities.then(Vec::new)));
         }
-        let raw = self.raw_logits(batch)?;
-        let lp = self.log_prior();
+        let (raw, tau, lp) = self.raw_logits(batch, network)?;
         let probs = if probabilities {
-            Some(score::adjusted_probabilities(&read_f32(raw.clone(), "logits")?, classes, &self.config.tau, &lp))
+            Some(score::adjusted_probabilities(&read_f32(raw.clone(), "logits")?, classes, &tau, &lp))
         } else {
             None
         };
         let l: Vec<i64> = labels.iter().map(|l| l.map_or(-1, |l| l as i64)).collect();
         let l = Tensor::<1, Int>::from_data(TensorData::new(l, [labels.len()]), &self.device);
-        Ok((kernels::score(raw, l, &self.config.tau, &lp)?.to_samples()?, probs))
+        Ok((kernels::score(raw, l, &tau, &lp)?.to_samples()?, probs))
     }
 
     /// Adjusted class probabilities `softmax(z - tau * log pi)` of a packed
@@ -340,23 +416,32 @@ impl Identifier {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let raw = read_f32(self.raw_logits(batch)?, "logits")?;
-        Ok(score::adjusted_probabilities(&raw, self.config.classes.len(), &self.config.tau, &self.log_prior()))
+        let (raw, tau, lp) = self.raw_logits(batch, self.batch_network())?;
+        Ok(score::adjusted_probabilities(&read_f32(raw, "logits")?, self.config.classes.len(), &tau, &lp))
     }
 
-    /// The head's raw logits `W f + b` of a non-empty batch (`f` averaged
-    /// over each image and its mirror when trained with `tta_flip`). When
-    /// the stage-2 classifier scores, its logits plus `log pi` instead.
-    fn raw_logits(&self, batch: &PackedBatch) -> Result<Tensor<2>> {
+    /// `network`'s raw logits of a non-empty batch, with the tau and log
+    /// prior that adjust them: the head's `W f + b` (`f` averaged over each
+    /// image and its mirror when trained with `tta_flip`) with the learned
+    /// tau, or the stage-2 classifier's logits plus `log pi` of the set it
+    /// trained on, with tau = 1 (its logit-adjusted training balanced them).
+    fn raw_logits(&self, batch: &PackedBatch, network: Network) -> Result<(Tensor<2>, Vec<f32>, Vec<f32>)> {
         let tta = self.config.train.tta_flip;
-        match (self.config.train.scorer, &self.classifier) {
-            (Scorer::Classifier, Some(clf)) => {
+        let c = self.config.classes.len();
+        match network {
+            Network::Classifier => {
+                let (Some(clf), Some(lp)) = (&self.classifier, self.classifier_log_prior()) else {
+                    return Err(Error::Argument("this identifier cannot score with its classifier".into()));
+                };
                 let z = clf.fc.forward(clf.backbone.forward_mirrored(self.input(batch)?, tta));
-                let c = self.config.classes.len();
-                let lp = Tensor::<1>::from_data(TensorData::new(self.log_prior(), [c]), &self.device);
-                Ok(z + lp.unsqueeze::<2>())
+                let prior = Tensor::<1>::from_data(TensorData::new(lp.clone(), [c]), &self.device);
+                Ok((z + prior.unsqueeze::<2>(), vec![1.0; c], lp))
             }
-            _ => Ok(self.head.raw(self.net.backbone.forward_mirrored(self.input(batch)?, tta))),
+            Network::Identifier => Ok((
+                self.head.raw(self.net.backbone.forward_mirrored(self.input(batch)?, tta)),
+                self.config.tau.clone(),
+                self.log_prior(),
+            )),
         }
     }
 
@@ -372,22 +457,23 @@ impl Identifier {
         kernels::preprocess(&self.device, batch, &self.params())
     }
 
-    /// Scores a whole in-memory set (already at the identifier's size) and
-    /// applies `op` (the bundle's default when `None`).
+    /// Scores a whole in-memory set (already at the identifier's size) with
+    /// the bundle's scorer and applies `op` (the bundle's default when `None`).
     pub fn score_set(&self, set: &TensorSet, op: Option<&OperatingPoint>) -> Result<Scores> {
-        let op = op.unwrap_or(&self.config.operating_point);
-        let want = op.rule.needs_probabilities();
-        let mut per = Vec::with_capacity(set.len());
-        let mut probs = Vec::new();
+        self.score_set_by(set, self.scorer(), op)
+    }
+
+    /// [`score_set`](Self::score_set) with `scorer` ([`check_scorer`](Self::check_scorer)).
+    pub fn score_set_by(&self, set: &TensorSet, scorer: Scorer, op: Option<&OperatingPoint>) -> Result<Scores> {
+        let op = *op.unwrap_or(&self.config.operating_point);
+        let mut scoring = SetScoring::new(self, scorer, op)?;
         let all: Vec<usize> = (0..set.len()).collect();
         for chunk in all.chunks(512) {
             let batch = PackedBatch::from_set(set, chunk)?;
             let labels: Vec<Option<usize>> = chunk.iter().map(|&i| Some(set.labels[i])).collect();
-            let (s, p) = self.score_batch_with(&batch, &labels, want)?;
-            per.extend(s);
-            probs.extend(p.unwrap_or_default());
+            scoring.push(&batch, &labels)?;
         }
-        score::apply(&per, want.then_some(probs.as_slice()), &set.labels, self.config.classes.len(), op)
+        Ok(scoring.finish()?.0)
     }
 
     /// Class probabilities of the stage-2 classifier for a packed batch,
@@ -413,6 +499,116 @@ impl Identifier {
     /// The learned tau.
     pub fn tau(&self) -> &[f32] {
         &self.config.tau
+    }
+}
+
+/// The two networks a bundle can score with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Network {
+    /// The last round's identifier head on its backbone.
+    Identifier,
+    /// The stage-2 classifier.
+    Classifier,
+}
+
+/// One network's per-sample scores over the labelled samples of a set,
+/// and their adjusted probabilities when kept.
+#[derive(Debug, Default)]
+struct Part {
+    per: Vec<SampleScore>,
+    probs: Vec<f32>,
+}
+
+/// A set scored under one [`Scorer`], a batch at a time: the per-sample
+/// scores of the networks the scorer needs are kept (and their adjusted
+/// probabilities when the rule or the joint scorer needs them), and the
+/// flags are decided over every labelled sample at the end, since the
+/// rules, caps and the joint scorer's spared classes are set-wide.
+#[derive(Debug)]
+pub(crate) struct SetScoring<'a> {
+    id: &'a Identifier,
+    scorer: Scorer,
+    op: OperatingPoint,
+    identifier: Part,
+    classifier: Part,
+    labels: Vec<usize>,
+}
+
+impl<'a> SetScoring<'a> {
+    /// Errors when `id` cannot score with `scorer`.
+    pub(crate) fn new(id: &'a Identifier, scorer: Scorer, op: OperatingPoint) -> Result<SetScoring<'a>> {
+        id.check_scorer(scorer)?;
+        Ok(SetScoring { id, scorer, op, identifier: Part::default(), classifier: Part::default(), labels: Vec::new() })
+    }
+
+    /// Scores a batch and keeps its labelled samples' scores. Returns every
+    /// sample's scores as a report shows them: the classifier's when the
+    /// scorer uses it, else the identifier's.
+    pub(crate) fn push(&mut self, batch: &PackedBatch, labels: &[Option<usize>]) -> Result<Vec<SampleScore>> {
+        let rule_probs = self.op.rule.needs_probabilities();
+        let mut shown = None;
+        for (network, used, probs) in [
+            (Network::Identifier, self.scorer != Scorer::Classifier, rule_probs || self.scorer == Scorer::Joint),
+            (Network::Classifier, self.scorer != Scorer::Identifier, rule_probs),
+        ] {
+            if !used {
+                continue;
+            }
+            let (per, p) = self.id.score_batch_by(batch, labels, network, probs)?;
+            let part = match network {
+                Network::Identifier => &mut self.identifier,
+                Network::Classifier => &mut self.classifier,
+            };
+            let classes = self.id.classes().len();
+            for (j, l) in labels.iter().enumerate() {
+                if l.is_some() {
+                    part.per.push(per[j]);
+                    if let Some(p) = &p {
+                        part.probs.extend_from_slice(&p[j * classes..(j + 1) * classes]);
+                    }
+                }
+            }
+            shown = Some(per);
+        }
+        self.labels.extend(labels.iter().flatten());
+        Ok(shown.unwrap_or_default())
+    }
+
+    /// The flags over every labelled sample pushed (in push order), and
+    /// each one's scores as a report shows them (under the joint scorer,
+    /// the identifier's in the classes it spares, the classifier's
+    /// elsewhere).
+    pub(crate) fn finish(self) -> Result<(Scores, Vec<SampleScore>)> {
+        let classes = self.id.classes().len();
+        let op = &self.op;
+        fn probs<'p>(op: &OperatingPoint, p: &'p Part) -> Option<&'p [f32]> {
+            op.rule.needs_probabilities().then_some(p.probs.as_slice())
+        }
+        match self.scorer {
+            Scorer::Identifier => {
+                let s = score::apply(&self.identifier.per, probs(op, &self.identifier), &self.labels, classes, op)?;
+                Ok((s, self.identifier.per))
+            }
+            Scorer::Classifier => {
+                let s = score::apply(&self.classifier.per, probs(op, &self.classifier), &self.labels, classes, op)?;
+                Ok((s, self.classifier.per))
+            }
+            Scorer::Joint => {
+                let (s, spared) = score::joint_scores(
+                    &self.identifier.per,
+                    &self.identifier.probs,
+                    &self.classifier.per,
+                    probs(op, &self.classifier),
+                    &self.labels,
+                    classes,
+                    op,
+                )?;
+                let shown = (self.identifier.per.into_iter().zip(self.classifier.per).zip(&self.labels))
+                    .map(|((i, c), &l)| if spared[l] { i } else { c })
+                    .collect();
+                Ok((s, shown))
+            }
+        }
     }
 }
 
@@ -446,11 +642,15 @@ fn read_config(zip: &mut SafeZip) -> Result<IdentifierConfig> {
     let config: IdentifierConfig =
         serde_json::from_value(header).map_err(|e| Error::invalid(&member, "config.json", e.to_string()))?;
     let c = config.classes.len();
-    if c == 0 || config.tau.len() != c || config.class_priors.len() != c {
+    if c == 0
+        || config.tau.len() != c
+        || config.class_priors.len() != c
+        || config.classifier_priors.as_ref().is_some_and(|p| p.len() != c)
+    {
         return Err(Error::invalid(
             &member,
             "config.json",
-            "classes, tau and class_priors must be non-empty and of equal length",
+            "classes, tau, class_priors (and classifier_priors) must be non-empty and of equal length",
         ));
     }
     if !(1..=3).contains(&config.channels) || config.channels == 2 || config.input_size == 0 {

@@ -707,6 +707,32 @@ pub fn classifier_scores(
     Ok(apply_caps(&per, flagged, labels, classes, op))
 }
 
+/// The joint scorer on a set neither network trained on (a saved
+/// identifier on new data): the identifier's flags under `op` from its
+/// per-sample scores and adjusted probabilities, the classes its score
+/// floor would spare estimated on this set ([`class_estimates`],
+/// [`floor_free_classes`]), the classifier's flags under `op`, then
+/// [`classifier_scores`] with no sample trained on. `classifier_probs`
+/// is needed only when [`Rule::needs_probabilities`]. Also returns the
+/// spared classes.
+#[allow(clippy::too_many_arguments)]
+pub fn joint_scores(
+    identifier: &[SampleScore],
+    identifier_probs: &[f32],
+    classifier: &[SampleScore],
+    classifier_probs: Option<&[f32]>,
+    labels: &[usize],
+    classes: usize,
+    op: &OperatingPoint,
+) -> Result<(Scores, Vec<bool>)> {
+    let id = apply(identifier, Some(identifier_probs), labels, classes, op)?;
+    let spared = floor_free_classes(&class_estimates(identifier, identifier_probs, labels, classes)?, op.floor_exempt);
+    let by_classifier = apply(classifier, classifier_probs, labels, classes, op)?;
+    let none = vec![false; labels.len()];
+    let scores = classifier_scores(&id, classifier, &by_classifier.flagged, &none, &spared, labels, classes, op)?;
+    Ok((scores, spared))
+}
+
 /// `softmax(z - tau * log_prior)` of every row of a row-major `[n, classes]`
 /// logits buffer (max-subtracted, as [`per_sample`]).
 pub fn adjusted_probabilities(logits: &[f32], classes: usize, tau: &[f32], log_prior: &[f32]) -> Vec<f32> {

@@ -159,9 +159,10 @@ pub enum Scorer {
     /// class, so under pair noise it learns part of the flip
     /// ([`crate::score::classifier_scores`]). On uniform and symmetric
     /// noise no class is spared and it flags as the classifier does. The
-    /// saved identifier scores new data with the identifier (the rule
-    /// needs the training set's flips), and ships the classifier for
-    /// `classify`.
+    /// saved identifier applies the rule to a whole new set
+    /// ([`crate::identifier::Identifier::score_set`], `h2e filter`): the
+    /// spared classes estimated on that set, no sample trained on
+    /// ([`crate::score::joint_scores`]).
     Joint,
 }
 

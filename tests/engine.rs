@@ -351,6 +351,11 @@ fn the_classifier_scorer_adds_a_round_and_its_bundle_flags_what_training_flagged
     std::fs::write(&bad, common::raw_zip(&entries)).unwrap();
     let e = Identifier::open(&bad, Device::flex()).unwrap_err().to_string();
     assert!(e.contains("no-classifier.zip!config.json") && e.contains("has none"), "{e}");
+    // It keeps the classifier's prior only, so it cannot score with the identifier.
+    for scorer in [Scorer::Identifier, Scorer::Joint] {
+        let e = id.score_set_by(&set, scorer, None).unwrap_err().to_string();
+        assert!(e.contains("--scorer classifier"), "{e}");
+    }
 }
 
 #[test]
@@ -390,7 +395,7 @@ fn the_joint_scorer_lets_the_classifier_only_clear_flags_in_flipped_classes() {
     // Rebuild the decision from the saved logits: the identifier's flags,
     // the classes its floor spares, the classifier's own flags and what
     // stage 2 trained on.
-    let op = &t.config.operating_point;
+    let op = &t.config.operating_point.clone();
     let (idl, clf) = (&t.round_logits[0], &t.round_logits[1]);
     let id = score_logits(&idl.logits, 3, &set.labels, &idl.tau, &idl.log_prior, op).unwrap();
     let spared = floor_free_classes(&rounds[0].class_estimates, op.floor_exempt);
@@ -413,16 +418,66 @@ fn the_joint_scorer_lets_the_classifier_only_clear_flags_in_flipped_classes() {
             assert_eq!(t.scores.noise_score[i], id.noise_score[i]);
         }
     }
-    // The bundle scores new data with the identifier, and ships the classifier.
+    // The bundle decides jointly over a whole set it did not train on: the
+    // classes it spares estimated on that set (on the training set, the
+    // identifier round's), no sample trained on, so no rescued flag.
+    let none = vec![false; set.len()];
+    let on_new = classifier_scores(&id, &per, &by_clf.flagged, &none, &spared, &set.labels, 3, op).unwrap();
     let tau = idl.tau.clone();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("id.zip");
     Identifier::from_trained(t, &set, Device::flex()).unwrap().save(&path).unwrap();
     let saved = Identifier::open(&path, Device::flex()).unwrap();
-    assert_eq!(saved.config().train.scorer, Scorer::Joint);
-    assert!(saved.config().has_classifier);
+    assert_eq!(saved.scorer(), Scorer::Joint);
+    assert!(saved.config().has_classifier && saved.config().classifier_priors.is_some());
     assert_eq!(saved.tau(), tau.as_slice());
-    assert_eq!(saved.score_set(&set, None).unwrap().flagged, id.flagged);
+    let joint = saved.score_set(&set, None).unwrap();
+    assert_eq!(joint.flagged, on_new.flagged);
+    for (i, (a, b)) in joint.noise_score.iter().zip(&on_new.noise_score).enumerate() {
+        assert!((a - b).abs() < 1e-4, "sample {i}: saved {a}, from the run's logits {b}");
+    }
+    // Either network alone, on request.
+    assert_eq!(saved.score_set_by(&set, Scorer::Identifier, None).unwrap().flagged, id.flagged);
+    assert_eq!(saved.score_set_by(&set, Scorer::Classifier, None).unwrap().flagged, by_clf.flagged);
+    // `filter`'s streaming path decides as score_set does, and its rows show
+    // the identifier's prediction and score in spared classes, the
+    // classifier's elsewhere.
+    let mut filter = h2e::filter::Filter::new(&saved, *op, 5).unwrap();
+    for i in 0..set.len() {
+        let image = h2e::data::Image {
+            width: set.width as u32,
+            height: set.height as u32,
+            channels: set.channels as u8,
+            pixels: set.image(i).to_vec(),
+        };
+        filter.push(format!("{i}.png"), Some(set.labels[i]), Ok(image)).unwrap();
+    }
+    let rows = filter.finish().unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.is_label_issue, joint.flagged[i], "sample {i}");
+        let (want, by) = match spared[set.labels[i]] {
+            true => (id.noise_score[i], "identifier"),
+            false => (by_clf.noise_score[i], "classifier"),
+        };
+        assert!((r.noise_score.unwrap() - want).abs() < 1e-4, "sample {i}: the {by}'s score {want}, row {r:?}");
+    }
+    // A joint bundle saved before classifier_priors were kept can still
+    // score with the identifier, and says why it cannot do more.
+    let mut members = common::zip_members(&path);
+    for (name, v) in &mut members {
+        if name == "config.json" {
+            let mut c: serde_json::Value = serde_json::from_slice(v).unwrap();
+            c.as_object_mut().unwrap().remove("classifier_priors");
+            *v = serde_json::to_vec(&c).unwrap();
+        }
+    }
+    let entries: Vec<(&str, &[u8])> = members.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    let old = dir.path().join("old.zip");
+    std::fs::write(&old, common::raw_zip(&entries)).unwrap();
+    let old = Identifier::open(&old, Device::flex()).unwrap();
+    let e = old.score_set(&set, None).unwrap_err().to_string();
+    assert!(e.contains("classifier_priors") && e.contains("--scorer identifier"), "{e}");
+    assert_eq!(old.score_set_by(&set, Scorer::Identifier, None).unwrap().flagged, id.flagged);
 }
 
 #[test]

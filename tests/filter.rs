@@ -10,7 +10,7 @@ use h2e::filter::{filter_source, FilterOptions, FilterReport, FilterRow, Shard, 
 use h2e::identifier::Identifier;
 use h2e::progress::Silent;
 use h2e::score::Scores;
-use h2e::train::{Engine, Method, TrainConfig};
+use h2e::train::{Engine, Method, Scorer, TrainConfig};
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -92,6 +92,19 @@ fn one_row_per_sample_and_a_corrupt_image_is_an_error_row() {
         assert_eq!(r.is_label_issue, r.noise_score.is_some_and(|s| s >= 0.5), "{r:?}");
     }
     assert!(FilterOptions { min_score: Some(-0.1), ..all }.validate().is_err());
+}
+
+#[test]
+fn a_scorer_that_needs_a_classifier_is_refused_without_one() {
+    let t = tempfile::tempdir().unwrap();
+    folder(t.path());
+    for scorer in [Scorer::Classifier, Scorer::Joint] {
+        let opts = FilterOptions { scorer: Some(scorer), ..Default::default() };
+        let e = run(t.path(), &opts).unwrap_err().to_string();
+        assert!(e.contains(&format!("the {scorer} scorer")) && e.contains("--classifier"), "{e}");
+    }
+    let opts = FilterOptions { scorer: Some(Scorer::Identifier), ..Default::default() };
+    assert_eq!(run(t.path(), &opts).unwrap().rows, run(t.path(), &FilterOptions::default()).unwrap().rows);
 }
 
 #[test]

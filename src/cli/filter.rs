@@ -8,6 +8,7 @@ use h2e::data::open_source;
 use h2e::device::{select, DeviceChoice};
 use h2e::filter::{evaluate, filter_source, FilterOptions, Shard, UnknownClass, DEFAULT_BATCH};
 use h2e::identifier::Identifier;
+use h2e::train::Scorer;
 use std::path::{Path, PathBuf};
 
 /// `h2e filter` flags.
@@ -55,6 +56,11 @@ pub struct FilterArgs {
     /// see `h2e train --help`).
     #[arg(long)]
     pub floor_exempt: Option<h2e::score::FloorExempt>,
+    /// Which network decides: identifier, classifier or joint (default: the scorer the bundle was
+    /// trained with). classifier and joint need a bundle trained with --classifier; joint decides
+    /// over the whole set (the classes it spares are estimated on this data).
+    #[arg(long)]
+    pub scorer: Option<Scorer>,
     /// Samples of classes the identifier does not know: error (refuse the data) or skip (error rows).
     #[arg(long, default_value = "error")]
     pub unknown_class: UnknownClass,
@@ -80,6 +86,7 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
         floor_exempt: a.floor_exempt,
         unknown_class: a.unknown_class,
         shard: a.shard,
+        scorer: a.scorer,
     };
     opts.validate()?;
     let exports: Vec<&Path> = [a.clean_out.as_deref(), a.noisy_out.as_deref()].into_iter().flatten().collect();
@@ -92,8 +99,18 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     let id = Identifier::open(&a.identifier, selected.device)
         .with_context(|| format!("cannot open identifier {}", a.identifier.display()))?;
     let src = open_source(&a.data).with_context(|| format!("cannot open data source {}", a.data.display()))?;
+    let scorer = a.scorer.unwrap_or(id.scorer());
+    id.check_scorer(scorer).with_context(|| format!("{}", a.identifier.display()))?;
+    if scorer != Scorer::Identifier {
+        eprintln!("scorer: {scorer}");
+    }
     let op = opts.operating_point(&id.config().operating_point);
-    if a.shard.count > 1 && (op.rule.needs_probabilities() || op.max_flag_rate.is_some() || op.min_per_class > 0) {
+    if a.shard.count > 1
+        && (op.rule.needs_probabilities()
+            || op.max_flag_rate.is_some()
+            || op.min_per_class > 0
+            || scorer == Scorer::Joint)
+    {
         eprintln!(
             "note: flags are decided within this shard (the {} rule and the caps are set-wide); \
              --operating-point argmax --min-per-class 0 decides each sample alone",
