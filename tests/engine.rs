@@ -283,6 +283,24 @@ fn stage_two_starts_from_the_plain_network_unless_told_to_start_from_scratch() {
     assert!(c.balanced_accuracy < plain.balanced_accuracy - 0.2, "{c:?} against {plain:?}");
 }
 
+/// Writes to `dest` a copy of the bundle at `src` without the member
+/// `drop` and with its `config.json` changed by `edit` (a hand-edited bundle).
+fn edited_bundle(
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    drop: Option<&str>,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let mut members = common::zip_members(src);
+    members.retain(|(name, _)| Some(name.as_str()) != drop);
+    let config = members.iter_mut().find(|(name, _)| name == "config.json").expect("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&config.1).unwrap();
+    edit(&mut c);
+    config.1 = serde_json::to_vec(&c).unwrap();
+    let entries: Vec<(&str, &[u8])> = members.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+    std::fs::write(dest, common::raw_zip(&entries)).unwrap();
+}
+
 /// A one-round h2e run on `synthetic(4)` (test split `synthetic(5)`, round
 /// logits kept) whose final flags `scorer` decides, and that set; checks
 /// that the report holds the identifier's round, then the classifier's.
@@ -337,18 +355,8 @@ fn the_classifier_scorer_adds_a_round_and_its_bundle_flags_what_training_flagged
         assert!((a - b).abs() < 1e-4, "saved identifier scores {a}, training scored {b}");
     }
     // A hand-edited bundle that claims the classifier scores but has none.
-    let mut members = common::zip_members(&path);
-    members.retain(|(name, _)| name != "classifier.safetensors");
-    for (name, v) in &mut members {
-        if name == "config.json" {
-            let mut c: serde_json::Value = serde_json::from_slice(v).unwrap();
-            c["has_classifier"] = serde_json::json!(false);
-            *v = serde_json::to_vec(&c).unwrap();
-        }
-    }
-    let entries: Vec<(&str, &[u8])> = members.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
     let bad = dir.path().join("no-classifier.zip");
-    std::fs::write(&bad, common::raw_zip(&entries)).unwrap();
+    edited_bundle(&path, &bad, Some("classifier.safetensors"), |c| c["has_classifier"] = serde_json::json!(false));
     let e = Identifier::open(&bad, Device::flex()).unwrap_err().to_string();
     assert!(e.contains("no-classifier.zip!config.json") && e.contains("has none"), "{e}");
     // It keeps the classifier's prior only, so it cannot score with the identifier.
@@ -463,17 +471,10 @@ fn the_joint_scorer_lets_the_classifier_only_clear_flags_in_flipped_classes() {
     }
     // A joint bundle saved before classifier_priors were kept can still
     // score with the identifier, and says why it cannot do more.
-    let mut members = common::zip_members(&path);
-    for (name, v) in &mut members {
-        if name == "config.json" {
-            let mut c: serde_json::Value = serde_json::from_slice(v).unwrap();
-            c.as_object_mut().unwrap().remove("classifier_priors");
-            *v = serde_json::to_vec(&c).unwrap();
-        }
-    }
-    let entries: Vec<(&str, &[u8])> = members.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
     let old = dir.path().join("old.zip");
-    std::fs::write(&old, common::raw_zip(&entries)).unwrap();
+    edited_bundle(&path, &old, None, |c| {
+        c.as_object_mut().unwrap().remove("classifier_priors");
+    });
     let old = Identifier::open(&old, Device::flex()).unwrap();
     let e = old.score_set(&set, None).unwrap_err().to_string();
     assert!(e.contains("classifier_priors") && e.contains("--scorer identifier"), "{e}");

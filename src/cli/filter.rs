@@ -99,8 +99,8 @@ pub fn filter(a: FilterArgs) -> Result<i32> {
     let id = Identifier::open(&a.identifier, selected.device)
         .with_context(|| format!("cannot open identifier {}", a.identifier.display()))?;
     let src = open_source(&a.data).with_context(|| format!("cannot open data source {}", a.data.display()))?;
+    // filter_source refuses a scorer the bundle cannot use (check_scorer).
     let scorer = a.scorer.unwrap_or(id.scorer());
-    id.check_scorer(scorer).with_context(|| format!("{}", a.identifier.display()))?;
     if scorer != Scorer::Identifier {
         eprintln!("scorer: {scorer}");
     }
