@@ -128,8 +128,8 @@ pub struct TrainArgs {
     /// round, and the saved identifier scores with it) or joint (the
     /// classifier decides, except in classes the identifier sees flipped,
     /// where it can only clear the identifier's flags; the saved identifier
-    /// scores with the identifier). The classifier costs about one more
-    /// backbone's training.
+    /// applies the same rule to new data, with both networks). The
+    /// classifier costs about one more backbone's training.
     #[arg(long, default_value = "identifier")]
     pub scorer: h2e::train::Scorer,
     /// Seed of every random choice.
