@@ -393,11 +393,14 @@ fn train_writes_the_training_sets_report_beside_the_bundle() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    // The round line says how many training samples were flagged; the CSV agrees.
+    // The last round line (the default joint scorer's, `round 2 (stage-2
+    // classifier): flagged N ...`) says how many training samples were
+    // flagged; the CSV agrees.
     let flagged: usize = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("round 1: flagged ")?.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no round line in {stderr}"));
+        .filter_map(|l| l.strip_prefix("round 2 (stage-2 classifier): flagged ")?.split(' ').next()?.parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no final round line in {stderr}"));
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("path,given_label,predicted_label,label_score,is_label_issue,error"));

@@ -152,10 +152,12 @@ pub struct QualityArgs {
     /// (test-time augmentation; the baselines score as before).
     #[arg(long)]
     pub tta_flip: bool,
-    /// Which network decides h2e's final flags: identifier (the default),
-    /// classifier (stage 2 scores, as one more round) or joint (stage 2
-    /// scores except in classes the identifier sees flipped, where it can
-    /// only clear flags).
+    /// Which network decides h2e's final flags: joint (the default: stage
+    /// 2 scores, as one more round, except in classes the identifier sees
+    /// flipped, where it can only clear flags), identifier (round 2 is
+    /// final; no stage 2 without --classifier) or classifier (stage 2
+    /// scores everywhere). With joint or classifier, round 2 is still
+    /// reported, as the identifier's figures.
     #[arg(long)]
     pub scorer: Option<h2e::train::Scorer>,
     /// Also save every h2e round's identifier logits on the draw
