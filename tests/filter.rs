@@ -398,8 +398,7 @@ fn train_writes_the_training_sets_report_beside_the_bundle() {
     // flagged; the CSV agrees.
     let flagged: usize = stderr
         .lines()
-        .filter_map(|l| l.strip_prefix("round 2 (stage-2 classifier): flagged ")?.split(' ').next()?.parse().ok())
-        .next_back()
+        .find_map(|l| l.strip_prefix("round 2 (stage-2 classifier): flagged ")?.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no final round line in {stderr}"));
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
