@@ -514,6 +514,13 @@ pub struct RoundReport {
     /// the run's last round, after the identifier's; `tau` is then 1.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub by_classifier: bool,
+    /// Under [`Scorer::Joint`] (the classifier's round): the classes, by
+    /// index, where the identifier's flags stand and the classifier can
+    /// only clear them ([`crate::score::floor_free_classes`]); empty when
+    /// none is spared. `None` for every other round and scorer, and in
+    /// reports written before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spared_classes: Option<Vec<usize>>,
 }
 
 /// What a run did and measured; saved as `report.json` in the bundle.
@@ -1269,6 +1276,7 @@ impl<'a> Engine<'a> {
             operating_points: Vec::new(),
             class_estimates: Vec::new(),
             by_classifier: false,
+            spared_classes: None,
         })
     }
 
@@ -1591,6 +1599,9 @@ impl<'a> Engine<'a> {
                     )?;
                     let mut report = self.round_report(train, r, kept.len(), &scores, ones.clone(), t)?;
                     report.by_classifier = true;
+                    if cfg.scorer == Scorer::Joint {
+                        report.spared_classes = Some((0..self.classes).filter(|&k| spared[k]).collect());
+                    }
                     report.operating_points = self.operating_points(train, &per, &probs, &earlier)?;
                     report.class_estimates = score::class_estimates(&per, &probs, &train.labels, self.classes)?;
                     rounds.push(report);

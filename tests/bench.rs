@@ -247,6 +247,12 @@ fn train_then_eval_through_the_binary() {
     }
     assert!(round["tail"]["f1"].as_f64().is_some() && round["head"]["f1"].as_f64().is_some());
     assert!(v.get("test_accuracy").is_some());
+    // The default joint scorer's round comes last and lists the classes it
+    // spares (an array, empty when none); the identifier's rounds have none.
+    let rounds = v["rounds"].as_array().unwrap();
+    let last = rounds.last().unwrap();
+    assert!(last["by_classifier"].as_bool().unwrap() && last["spared_classes"].is_array(), "{v}");
+    assert!(rounds[..rounds.len() - 1].iter().all(|r| r["spared_classes"].is_null()), "{v}");
     // Filtering the training data again reports against its ground truth.
     let data = t.path().join("default.zip");
     std::fs::write(&data, h2e::embedded::DEFAULT_BUNDLE).unwrap();

@@ -327,6 +327,8 @@ fn the_classifier_scorer_adds_a_round_and_its_bundle_flags_what_training_flagged
     assert_eq!(rounds[1].flagged, t.scores.flagged.iter().filter(|&&f| f).count());
     assert!(rounds[1].tau.iter().all(|&v| v == 1.0));
     assert!(rounds[1].metrics.as_ref().expect("ground truth").f1 > 0.5, "{:?}", rounds[1].metrics);
+    // No class is spared: the classifier alone decides everywhere.
+    assert_eq!(rounds[1].spared_classes, None);
     // Stage 2 is trained without --classifier, tested and shipped.
     assert!(t.classifier.is_some() && t.report.classifier.is_some());
     // Its round is saved like an identifier's: the classifier's logits plus
@@ -414,6 +416,10 @@ fn the_joint_scorer_lets_the_classifier_only_clear_flags_in_flipped_classes() {
     // the floor spares classes here (the unit test of classifier_scores
     // covers classes it does not spare).
     assert!(spared.iter().any(|&s| s), "{spared:?}");
+    // The report names them (`train` and `eval` print them).
+    let named: Vec<usize> = (0..3).filter(|&k| spared[k]).collect();
+    assert_eq!(rounds[1].spared_classes.as_ref(), Some(&named));
+    assert_eq!(rounds[0].spared_classes, None);
     let per = per_samples(&clf.logits, 3, &set.labels, &clf.tau, &clf.log_prior);
     let by_clf = score_logits_over_rounds(&clf.logits, 3, &set.labels, &clf.tau, &clf.log_prior, op, &[]).unwrap();
     let (kept, _) = classifier_set(&id, &set.labels, 3, t.config.classifier_min_keep);

@@ -393,12 +393,13 @@ fn train_writes_the_training_sets_report_beside_the_bundle() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    // The last round line (the default joint scorer's, `round 2 (stage-2
-    // classifier): flagged N ...`) says how many training samples were
-    // flagged; the CSV agrees.
+    // The last round line (the default joint scorer's, `round 2 (joint:
+    // stage-2 classifier; ...): flagged N ...`) says how many training
+    // samples were flagged; the CSV agrees.
     let flagged: usize = stderr
         .lines()
-        .find_map(|l| l.strip_prefix("round 2 (stage-2 classifier): flagged ")?.split(' ').next()?.parse().ok())
+        .filter(|l| l.starts_with("round 2 (joint: stage-2 classifier; "))
+        .find_map(|l| l.split_once("): flagged ")?.1.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no final round line in {stderr}"));
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();

@@ -253,7 +253,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         .with_context(|| format!("preparing checkpoints in {}", ckpt.display()))?;
     let trained = engine.run(&train, test.as_ref(), selected.backend).context("training")?;
     for r in &trained.report.rounds {
-        let by = if r.by_classifier { " (stage-2 classifier)" } else { "" };
+        let by = round_label(r, Some(&train.classes));
         let mut line = format!("round {}{by}: flagged {} of {} samples", r.round, r.flagged, train.len());
         if let Some(m) = &r.metrics {
             line += &format!("; noise detection {}", super::term::detection_line(m));
@@ -281,6 +281,28 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// What decided a round's flags, as printed after `round N`: nothing for
+/// the identifier's rounds; the stage-2 classifier; under the joint scorer
+/// also the classes where it can only clear the identifier's flags, by
+/// name when `names` are given.
+fn round_label(r: &h2e::train::RoundReport, names: Option<&[String]>) -> String {
+    if !r.by_classifier {
+        return String::new();
+    }
+    let Some(spared) = &r.spared_classes else { return " (stage-2 classifier)".into() };
+    if spared.is_empty() {
+        return " (joint: stage-2 classifier; no class spared)".into();
+    }
+    let list: Vec<String> = spared
+        .iter()
+        .map(|&k| match names.and_then(|n| n.get(k)) {
+            Some(name) => name.clone(),
+            None => format!("class {k}"),
+        })
+        .collect();
+    format!(" (joint: stage-2 classifier; in {} it only clears the identifier's flags)", list.join(", "))
+}
+
 pub fn eval(a: EvalArgs) -> Result<i32> {
     let report =
         Identifier::read_report(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
@@ -289,11 +311,14 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         .iter()
         .map(|r| match &r.metrics {
             Some(m) => serde_json::json!({
-                "round": r.round, "by_classifier": r.by_classifier, "flagged": r.flagged,
-                "precision": m.precision, "recall": m.recall, "f1": m.f1, "auroc": m.auroc,
+                "round": r.round, "by_classifier": r.by_classifier, "spared_classes": r.spared_classes,
+                "flagged": r.flagged, "precision": m.precision, "recall": m.recall, "f1": m.f1, "auroc": m.auroc,
                 "head": m.head, "medium": m.medium, "tail": m.tail,
             }),
-            None => serde_json::json!({"round": r.round, "by_classifier": r.by_classifier, "flagged": r.flagged}),
+            None => serde_json::json!({
+                "round": r.round, "by_classifier": r.by_classifier, "spared_classes": r.spared_classes,
+                "flagged": r.flagged,
+            }),
         })
         .collect();
     let out = serde_json::json!({
@@ -318,7 +343,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         report.backend
     );
     for r in &report.rounds {
-        let by = if r.by_classifier { " (stage-2 classifier)" } else { "" };
+        let by = round_label(r, None);
         match &r.metrics {
             Some(m) => println!(
                 "round {}{by}: flagged {}; precision {:.3} recall {:.3} F1 {:.3}; F1 head {:.3} medium {:.3} tail {:.3}; AUROC {}",
