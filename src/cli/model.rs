@@ -293,14 +293,16 @@ fn round_label(r: &h2e::train::RoundReport, names: Option<&[String]>) -> String 
     if spared.is_empty() {
         return " (joint: stage-2 classifier; no class spared)".into();
     }
-    let list: Vec<String> = spared
-        .iter()
-        .map(|&k| match names.and_then(|n| n.get(k)) {
-            Some(name) => name.clone(),
-            None => format!("class {k}"),
-        })
-        .collect();
-    format!(" (joint: stage-2 classifier; in {} it only clears the identifier's flags)", list.join(", "))
+    let list: Vec<String> =
+        spared.iter().map(|&k| names.and_then(|n| n.get(k)).cloned().unwrap_or_else(|| k.to_string())).collect();
+    let classes = if names.is_some() {
+        ""
+    } else if spared.len() == 1 {
+        "class "
+    } else {
+        "classes "
+    };
+    format!(" (joint: stage-2 classifier; in {classes}{} it only clears the identifier's flags)", list.join(", "))
 }
 
 pub fn eval(a: EvalArgs) -> Result<i32> {
