@@ -1097,8 +1097,7 @@ impl<'a> Engine<'a> {
         set: &TensorSet,
         indices: &[usize],
         log_prior: &[f32],
-        seed: u64,
-        head_index: u64,
+        mut rng: Rng,
         name: &str,
     ) -> Result<Head> {
         let cfg = &self.config;
@@ -1113,8 +1112,6 @@ impl<'a> Engine<'a> {
         };
         let lp = Tensor::<1>::from_data(TensorData::new(log_prior.to_vec(), [self.classes]), &ad);
         let mut optim = sgd(cfg.momentum, 0.0, Some(1.0));
-        // Head 0 keeps the stream a single head has always used.
-        let mut rng = Rng::derive(seed, 0xB0B + (head_index << 16));
         // Per-class members and the three samplers' class weights.
         let mut members = vec![Vec::new(); self.classes];
         for &i in indices {
@@ -1525,7 +1522,10 @@ impl<'a> Engine<'a> {
                             1 => format!("round {r}/{} identifier", cfg.rounds),
                             _ => format!("round {r}/{} identifier {}/{k}", cfg.rounds, h + 1),
                         };
-                        heads.push(self.train_head(&net, train, &keep, &lp, seed, h as u64, &name)?);
+                        // Head h draws its own stream of the round's seed;
+                        // head 0 the one a single head has always used.
+                        let rng = Rng::derive(seed, 0xB0B + ((h as u64) << 16));
+                        heads.push(self.train_head(&net, train, &keep, &lp, rng, &name)?);
                     }
                     let head = Head::average(heads).expect("at least one identifier head");
                     let want = cfg.operating_point.rule.needs_probabilities()
