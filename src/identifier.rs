@@ -207,6 +207,12 @@ impl Identifier {
         Self::load(SafeZip::from_bytes(name, bytes)?, device)
     }
 
+    /// Reads only `config.json` of a bundle (no weights, no device): its
+    /// class names, operating point and training settings.
+    pub fn read_saved_config(path: &Path) -> Result<IdentifierConfig> {
+        read_config(&mut SafeZip::open_file(path)?)
+    }
+
     /// Reads only `report.json` of a bundle (no weights, no device).
     pub fn read_report(path: &Path) -> Result<TrainReport> {
         let mut zip = SafeZip::open_file(path)?;

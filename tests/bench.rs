@@ -253,6 +253,18 @@ fn train_then_eval_through_the_binary() {
     let last = rounds.last().unwrap();
     assert!(last["by_classifier"].as_bool().unwrap() && last["spared_classes"].is_array(), "{v}");
     assert!(rounds[..rounds.len() - 1].iter().all(|r| r["spared_classes"].is_null()), "{v}");
+    // The text view names those classes as the bundle does.
+    let o = h2e(&["eval", id.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().find(|l| l.contains("(joint: stage-2 classifier; ")).unwrap_or_else(|| panic!("{text}"));
+    let names = h2e::identifier::Identifier::read_saved_config(&id).unwrap().classes;
+    for k in last["spared_classes"].as_array().unwrap() {
+        assert!(line.contains(&names[k.as_u64().unwrap() as usize]), "{line}");
+    }
+    if last["spared_classes"].as_array().unwrap().is_empty() {
+        assert!(line.contains("no class spared"), "{line}");
+    }
     // Filtering the training data again reports against its ground truth.
     let data = t.path().join("default.zip");
     std::fs::write(&data, h2e::embedded::DEFAULT_BUNDLE).unwrap();

@@ -284,7 +284,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
 /// What decided a round's flags, as printed after `round N`: nothing for
 /// the identifier's rounds; the stage-2 classifier; under the joint scorer
 /// also the classes where it can only clear the identifier's flags, by
-/// name when `names` are given.
+/// name when `names` are given (by index otherwise).
 fn round_label(r: &h2e::train::RoundReport, names: Option<&[String]>) -> String {
     if !r.by_classifier {
         return String::new();
@@ -308,6 +308,8 @@ fn round_label(r: &h2e::train::RoundReport, names: Option<&[String]>) -> String 
 pub fn eval(a: EvalArgs) -> Result<i32> {
     let report =
         Identifier::read_report(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
+    let config =
+        Identifier::read_saved_config(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
     let rounds: Vec<serde_json::Value> = report
         .rounds
         .iter()
@@ -345,7 +347,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         report.backend
     );
     for r in &report.rounds {
-        let by = round_label(r, None);
+        let by = round_label(r, Some(&config.classes));
         match &r.metrics {
             Some(m) => println!(
                 "round {}{by}: flagged {}; precision {:.3} recall {:.3} F1 {:.3}; F1 head {:.3} medium {:.3} tail {:.3}; AUROC {}",
