@@ -717,11 +717,16 @@ fn an_interrupted_run_resumes_from_its_checkpoints_to_the_same_result() {
     assert_eq!(resumed.scores.flagged, whole.scores.flagged);
     assert_eq!(resumed.scores.noise_score, whole.scores.noise_score);
 
-    // A checkpoint of other settings is refused, not reused.
-    let other = TrainConfig { lr: 0.01, ..cfg };
-    let engine = Engine::new(Device::flex(), other, &set, &Silent).unwrap().with_checkpoints(&ckpt, true).unwrap();
-    let e = engine.run(&set, None, "test").unwrap_err().to_string();
-    assert!(e.contains("other settings"), "{e}");
+    // A checkpoint of other settings is refused, not reused: another
+    // learning rate, or another scorer (an identifier run's checkpoints,
+    // as every run before joint became the default wrote, resumed under
+    // the default).
+    let joint = TrainConfig { scorer: h2e::train::Scorer::Joint, ..cfg.clone() };
+    for other in [TrainConfig { lr: 0.01, ..cfg }, joint] {
+        let engine = Engine::new(Device::flex(), other, &set, &Silent).unwrap().with_checkpoints(&ckpt, true).unwrap();
+        let e = engine.run(&set, None, "test").unwrap_err().to_string();
+        assert!(e.contains("other settings"), "{e}");
+    }
 }
 
 #[test]
