@@ -207,16 +207,17 @@ impl Identifier {
         Self::load(SafeZip::from_bytes(name, bytes)?, device)
     }
 
-    /// Reads only `config.json` of a bundle (no weights, no device): its
-    /// class names, operating point and training settings.
-    pub fn read_saved_config(path: &Path) -> Result<IdentifierConfig> {
-        read_config(&mut SafeZip::open_file(path)?)
-    }
-
     /// Reads only `report.json` of a bundle (no weights, no device).
     pub fn read_report(path: &Path) -> Result<TrainReport> {
+        Ok(Self::read_summary(path)?.1)
+    }
+
+    /// Reads only `config.json` and `report.json` of a bundle (no weights,
+    /// no device): its class names and settings, and what its training
+    /// measured.
+    pub fn read_summary(path: &Path) -> Result<(IdentifierConfig, TrainReport)> {
         let mut zip = SafeZip::open_file(path)?;
-        read_config(&mut zip)?;
+        let config = read_config(&mut zip)?;
         let name = zip.path.display().to_string();
         if !zip.by_name.contains_key("report.json") {
             return Err(Error::invalid(
@@ -226,8 +227,9 @@ impl Identifier {
             ));
         }
         let bytes = zip.read("report.json", MAX_MEMBER)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::invalid(format!("{name}!report.json"), "report.json", e.to_string()))
+        let report = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid(format!("{name}!report.json"), "report.json", e.to_string()))?;
+        Ok((config, report))
     }
 
     fn load(mut zip: SafeZip, device: Device) -> Result<Identifier> {

@@ -258,7 +258,7 @@ fn train_then_eval_through_the_binary() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     let line = text.lines().find(|l| l.contains("(joint: stage-2 classifier; ")).unwrap_or_else(|| panic!("{text}"));
-    let names = h2e::identifier::Identifier::read_saved_config(&id).unwrap().classes;
+    let names = h2e::identifier::Identifier::read_summary(&id).unwrap().0.classes;
     for k in last["spared_classes"].as_array().unwrap() {
         assert!(line.contains(&names[k.as_u64().unwrap() as usize]), "{line}");
     }

@@ -253,7 +253,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         .with_context(|| format!("preparing checkpoints in {}", ckpt.display()))?;
     let trained = engine.run(&train, test.as_ref(), selected.backend).context("training")?;
     for r in &trained.report.rounds {
-        let by = round_label(r, Some(&train.classes));
+        let by = round_label(r, &train.classes);
         let mut line = format!("round {}{by}: flagged {} of {} samples", r.round, r.flagged, train.len());
         if let Some(m) = &r.metrics {
             line += &format!("; noise detection {}", super::term::detection_line(m));
@@ -284,8 +284,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
 /// What decided a round's flags, as printed after `round N`: nothing for
 /// the identifier's rounds; the stage-2 classifier; under the joint scorer
 /// also the classes where it can only clear the identifier's flags, by
-/// name when `names` are given (by index otherwise).
-fn round_label(r: &h2e::train::RoundReport, names: Option<&[String]>) -> String {
+/// name (by index where `names` lacks one: a hand-edited bundle).
+fn round_label(r: &h2e::train::RoundReport, names: &[String]) -> String {
     if !r.by_classifier {
         return String::new();
     }
@@ -293,23 +293,13 @@ fn round_label(r: &h2e::train::RoundReport, names: Option<&[String]>) -> String 
     if spared.is_empty() {
         return " (joint: stage-2 classifier; no class spared)".into();
     }
-    let list: Vec<String> =
-        spared.iter().map(|&k| names.and_then(|n| n.get(k)).cloned().unwrap_or_else(|| k.to_string())).collect();
-    let classes = if names.is_some() {
-        ""
-    } else if spared.len() == 1 {
-        "class "
-    } else {
-        "classes "
-    };
-    format!(" (joint: stage-2 classifier; in {classes}{} it only clears the identifier's flags)", list.join(", "))
+    let list: Vec<String> = spared.iter().map(|&k| names.get(k).cloned().unwrap_or_else(|| k.to_string())).collect();
+    format!(" (joint: stage-2 classifier; in {} it only clears the identifier's flags)", list.join(", "))
 }
 
 pub fn eval(a: EvalArgs) -> Result<i32> {
-    let report =
-        Identifier::read_report(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
-    let config =
-        Identifier::read_saved_config(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
+    let (config, report) =
+        Identifier::read_summary(&a.identifier).with_context(|| format!("reading {}", a.identifier.display()))?;
     let rounds: Vec<serde_json::Value> = report
         .rounds
         .iter()
@@ -347,7 +337,7 @@ pub fn eval(a: EvalArgs) -> Result<i32> {
         report.backend
     );
     for r in &report.rounds {
-        let by = round_label(r, Some(&config.classes));
+        let by = round_label(r, &config.classes);
         match &r.metrics {
             Some(m) => println!(
                 "round {}{by}: flagged {}; precision {:.3} recall {:.3} F1 {:.3}; F1 head {:.3} medium {:.3} tail {:.3}; AUROC {}",
