@@ -51,14 +51,16 @@ pub enum Error {
         /// Cap in bytes.
         limit: u64,
     },
-    /// A zip archive is unreadable or malformed.
-    #[error("{path}: invalid zip archive: {source}")]
+    /// A zip archive is unreadable or malformed. The message says what is
+    /// wrong in words (the zip reader's own text, "Could not find EOCD" and
+    /// the like, is kept where it helps); the reader's error is in `error`,
+    /// not chained as `source()`, so it is not printed twice.
+    #[error("{path}: {}", describe_zip(error))]
     Zip {
         /// The zip file.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: zip::result::ZipError,
+        /// The zip reader's error.
+        error: zip::result::ZipError,
     },
     /// A zip member has an unsafe name (`..`, absolute path, drive letter).
     #[error("{path}: member {member:?} has an unsafe path (absolute or containing '..'); refusing it")]
@@ -120,6 +122,22 @@ pub enum Error {
     /// A model or training step failed.
     #[error("{0}")]
     Train(String),
+}
+
+/// The message of [`Error::Zip`]: what is wrong with the archive, in words.
+fn describe_zip(error: &zip::result::ZipError) -> String {
+    use zip::result::ZipError;
+    match error {
+        ZipError::InvalidArchive(m) if m == "Could not find EOCD" => {
+            "not a zip archive (it has no zip directory at its end: another kind of file, or a zip cut short)"
+                .to_string()
+        }
+        ZipError::InvalidArchive(m) => format!("invalid zip archive: {m}"),
+        ZipError::UnsupportedArchive(m) => format!("unsupported zip archive: {m}"),
+        ZipError::Io(e) => format!("invalid zip archive: reading it failed: {e}"),
+        ZipError::FileNotFound => "invalid zip archive: a member it lists is missing".to_string(),
+        other => format!("invalid zip archive: {other}"),
+    }
 }
 
 impl Error {

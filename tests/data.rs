@@ -46,6 +46,17 @@ fn empty_class_folder_is_an_error_naming_it() {
 }
 
 #[test]
+fn a_missing_data_source_is_named_with_what_is_wrong() {
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("no-such-set");
+    let err = match open_source(&path) {
+        Ok(_) => panic!("a missing path opened"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(err, format!("{}: no such file or folder", path.display()));
+}
+
+#[test]
 fn unsupported_format_is_an_error_naming_the_file() {
     let t = tempfile::tempdir().unwrap();
     folder(t.path(), &[("a", 1)]);
@@ -243,7 +254,8 @@ fn manifest_problems_are_reported_naming_the_bundle() {
         assert!(err.contains(want), "expected {want:?} in {err}");
     }
     let err = open_bytes(b"PK not a zip at all".to_vec()).unwrap_err().to_string();
-    assert!(err.contains("evil.zip") && err.contains("invalid zip"), "{err}");
+    assert!(err.contains("evil.zip") && err.contains("not a zip archive"), "{err}");
+    assert!(!err.to_lowercase().contains("invalid zip archive: invalid zip archive"), "{err}");
 }
 
 #[test]

@@ -47,12 +47,12 @@ impl SafeZip {
                 }
             }
         }
-        let mut archive = ZipArchive::new(reader).map_err(|source| Error::Zip { path: path.clone(), source })?;
+        let mut archive = ZipArchive::new(reader).map_err(|error| Error::Zip { path: path.clone(), error })?;
         let mut by_name = HashMap::new();
         let mut seen = HashSet::new();
         for i in 0..archive.len() {
             let name = {
-                let f = archive.by_index_raw(i).map_err(|source| Error::Zip { path: path.clone(), source })?;
+                let f = archive.by_index_raw(i).map_err(|error| Error::Zip { path: path.clone(), error })?;
                 f.name().to_string()
             };
             if !is_safe_member(&name) {
@@ -76,7 +76,7 @@ impl SafeZip {
 
     pub fn read_index(&mut self, idx: usize, limit: u64) -> Result<Vec<u8>> {
         let path = self.path.clone();
-        let mut f = self.archive.by_index(idx).map_err(|source| Error::Zip { path: path.clone(), source })?;
+        let mut f = self.archive.by_index(idx).map_err(|error| Error::Zip { path: path.clone(), error })?;
         let member = f.name().to_string();
         if f.size() > limit {
             return Err(Error::MemberTooLarge { path, member, limit });

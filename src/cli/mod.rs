@@ -78,6 +78,11 @@ pub fn main() -> i32 {
 /// `source()`; a cause the line already ends with is skipped, so it is
 /// printed once. A cause that only appears inside an earlier message is
 /// still printed.
+///
+/// Library errors also begin with the file they are about, and the
+/// binary's context often ends with the same file (`cannot open identifier
+/// a.zip` over `a.zip: not a zip archive`): such a cause drops its leading
+/// `a.zip: `, so the name is printed once.
 fn render(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
@@ -85,12 +90,38 @@ fn render(e: &anyhow::Error) -> String {
         if line.ends_with(&text) {
             continue;
         }
+        let text = drop_repeated_subject(&line, &text);
         if !line.is_empty() {
             line.push_str(": ");
         }
-        line.push_str(&text);
+        line.push_str(text);
     }
     line
+}
+
+/// `text` without a leading `SUBJECT: ` when `line` already ends with
+/// `SUBJECT` as whole words, or when both end with the same file name
+/// (`opening a.zip` under `cannot open identifier a.zip`); the shortest
+/// such subject.
+fn drop_repeated_subject<'a>(line: &str, text: &'a str) -> &'a str {
+    fn last_word(s: &str) -> &str {
+        s.rsplit(' ').next().unwrap_or(s)
+    }
+    let line_file = Some(last_word(line)).filter(|w| w.contains('/') || w.contains('.'));
+    for (i, _) in text.match_indices(": ") {
+        let subject = &text[..i];
+        if subject.is_empty() {
+            continue;
+        }
+        let whole = line.ends_with(subject) && {
+            let before = &line[..line.len() - subject.len()];
+            before.is_empty() || before.ends_with(' ')
+        };
+        if whole || line_file == Some(last_word(subject)) {
+            return &text[i + 2..];
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -119,12 +150,35 @@ mod tests {
     }
 
     #[test]
-    fn a_zip_cause_chain_is_printed_once() {
+    fn a_zip_error_names_its_file_and_cause_once() {
         let io = std::io::Error::new(std::io::ErrorKind::InvalidInput, "Invalid argument");
-        let zip = zip::result::ZipError::Io(io);
-        let text = zip.to_string();
-        let lib = h2e::Error::Zip { path: "/x/a.zip".into(), source: zip };
+        let lib = h2e::Error::Zip { path: "/x/a.zip".into(), error: zip::result::ZipError::Io(io) };
         let e = Err::<(), _>(lib).context("reading /x/a.zip").unwrap_err();
-        assert_eq!(render(&e), format!("reading /x/a.zip: /x/a.zip: invalid zip archive: {text}: Invalid argument"));
+        assert_eq!(render(&e), "reading /x/a.zip: invalid zip archive: reading it failed: Invalid argument");
+        let eocd = zip::result::ZipError::InvalidArchive("Could not find EOCD".into());
+        let lib = h2e::Error::Zip { path: "/x/b c.zip".into(), error: eocd };
+        let e = Err::<(), _>(lib).context("cannot open identifier /x/b c.zip").unwrap_err();
+        let shown = render(&e);
+        assert!(shown.starts_with("cannot open identifier /x/b c.zip: not a zip archive ("), "{shown}");
+        assert_eq!(shown.matches("b c.zip").count(), 1, "{shown}");
+    }
+
+    #[test]
+    fn a_subject_is_dropped_only_when_the_line_ends_with_it_as_words() {
+        assert_eq!(super::drop_repeated_subject("writing /o/r.csv", "/o/r.csv: disk full"), "disk full");
+        // `r.csv` is only the end of a longer name in the line: kept.
+        assert_eq!(super::drop_repeated_subject("writing /o/xr.csv", "r.csv: disk full"), "r.csv: disk full");
+        assert_eq!(super::drop_repeated_subject("loading results", "reading /x: gone"), "reading /x: gone");
+        assert_eq!(super::drop_repeated_subject("", "a: b"), "a: b");
+        // The same file name after another verb.
+        assert_eq!(
+            super::drop_repeated_subject("cannot open identifier /x/a.zip", "opening /x/a.zip: No such file"),
+            "No such file"
+        );
+        // A shared last word that is not a file name is kept.
+        assert_eq!(
+            super::drop_repeated_subject("training", "stage-2 training: diverged"),
+            "stage-2 training: diverged"
+        );
     }
 }

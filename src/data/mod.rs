@@ -123,7 +123,10 @@ pub fn open_source(path: &Path) -> Result<Box<dyn Source>> {
     if path.as_os_str() == "fashion-mnist" && !path.exists() {
         return Ok(Box::new(IdxSource::fashion_mnist(Path::new(FASHION_MNIST_DIR))?));
     }
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("opening data source", path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::dataset(path.display().to_string(), "no such file or folder"),
+        _ => Error::io("opening data source", path, e),
+    })?;
     if meta.is_dir() {
         if IdxSource::looks_like_idx_dir(path) {
             return Ok(Box::new(IdxSource::open_dir(path)?));
