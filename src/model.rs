@@ -72,9 +72,11 @@ impl ConvBn {
         ConvBn { conv, bn: BatchNormConfig::new(cout).init(device) }
     }
 
-    /// Conv and batch norm, no activation.
+    /// Conv and batch norm, no activation (through our CPU kernels on
+    /// `flex`, Burn's layers elsewhere).
     fn linear(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        use crate::kernels::cpu;
+        cpu::batch_norm(&self.bn, cpu::conv2d(&self.conv, x))
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
@@ -101,9 +103,11 @@ impl SmallCnn {
     fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
         // ReLU after the pooling: max-pooling commutes with the monotone
         // ReLU (same values, same gradients), and the ReLU then runs on a
-        // quarter of the elements.
+        // quarter of the elements; on `flex` the two are one kernel of ours
+        // (`self.pool` is the same 2x2 stride-2 pooling, kept so saved
+        // models keep their layout).
         for b in &self.blocks {
-            x = relu(self.pool.forward(b.linear(x)));
+            x = crate::kernels::cpu::max_pool2_relu(b.linear(x));
         }
         adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3)
     }

@@ -9,10 +9,14 @@
 //! - [`score`]: fused identifier scoring (logit adjustment, softmax,
 //!   argmax, noise score, max probability, label probability). Reference:
 //!   [`crate::score::per_sample`].
+//! - [`cpu`]: batch norm and 2x2 max pooling + ReLU on Burn's `flex` CPU
+//!   backend, forward and backward (Burn's own layers elsewhere). Checked
+//!   against Burn's layers in `tests/cpu_kernels.rs`.
 //!
 //! How the kernels reach Burn's device and tensors is described in the
 //! `gpu` module source (template kernels through `burn::backend::wgpu`).
 
+pub mod cpu;
 mod gpu;
 pub mod hash;
 mod preprocess;

@@ -1,0 +1,966 @@
+//! Our own CPU kernels for the layers of our backbones on Burn's `flex`
+//! backend: convolution, batch norm (training and inference) and 2x2 max
+//! pooling followed by ReLU, forward and backward.
+//!
+//! Why: on `flex` these layers ran far below what the CPU can do. Its batch
+//! norm is Burn's default composition (two transposing copies to reduce per
+//! channel, then five broadcast passes, and as many again backward); its
+//! max pooling goes through a generic 3-D kernel with index arithmetic per
+//! element; its convolution runs one small GEMM per sample and tile (49
+//! output pixels at 7x7) and its backward through a transposed
+//! convolution. Per layer at the small CNN's shapes, batch 128, on a 2-core
+//! VM: batch norm 32 @ 28x28 forward + backward 52 ms with Burn's, 16 ms
+//! here; pooling + ReLU 34 and 6 ms (`examples/bench_layers.rs`).
+//!
+//! - Batch norm: per-channel mean and variance (two passes, planes summed
+//!   in `f64`), one scale-and-shift pass; backward, two per-channel sums and
+//!   one pass for the input gradient.
+//! - Pooling + ReLU: one pass that keeps, per output, where its gradient
+//!   goes (the window's maximum, or nowhere when ReLU clipped it).
+//! - Convolution: per chunk of samples whose column matrix (im2col) stays
+//!   near 1 MB, so it is in cache when the GEMM reads it, one GEMM
+//!   `[c_out, c*kh*kw] x [c*kh*kw, chunk*oh*ow]` on the GEMM crate `flex`
+//!   itself uses; chunks run in parallel. Backward rebuilds each chunk's
+//!   column matrix, adds its share of the weight gradient and sends
+//!   `weight^T x dy` back through the adjoint of im2col; nothing is made
+//!   for an input that needs no gradient (the first layer's images).
+//!
+//! How they reach Burn: a backend extension trait, [`CpuLayers`],
+//! implemented for `Flex` (the kernels) and for `Autodiff<Flex>` (the
+//! same kernels forward, and the hand-written backward of each). The
+//! functions [`conv2d`], [`batch_norm`] and [`max_pool2_relu`] route a
+//! tensor there when it lives on `flex` as `f32`, and to Burn's own layers
+//! on every other device, so the wgpu and CUDA paths are unchanged. Every
+//! kernel is checked against Burn's layers, and the convolution also
+//! against a plain `f64` reference, in `tests/cpu_kernels.rs`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ConvOptions;
+use burn::backend::ops::{ActivationOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, ExtensionType, Flex, TensorMetadata,
+};
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2dConfig;
+use burn::nn::{BatchNorm, PaddingConfig2d};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use rayon::prelude::*;
+
+/// The statistics-returning batch norm of a training step.
+#[derive(ExtensionType)]
+pub struct BatchNormOut<B: Backend> {
+    /// The normalised, scaled and shifted input.
+    pub output: FloatTensor<B>,
+    /// The batch mean per channel, `[channels]` (no gradient).
+    pub mean: FloatTensor<B>,
+    /// The biased batch variance per channel, `[channels]` (no gradient).
+    pub variance: FloatTensor<B>,
+}
+
+/// The layers with our own CPU kernels, as a Burn backend extension.
+#[backend_extension(Flex, Autodiff)]
+pub trait CpuLayers: Backend {
+    /// Batch norm of a `[n, c, ...]` input with the batch's own statistics.
+    fn cpu_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOut<Self>;
+
+    /// Batch norm with given (running) statistics.
+    fn cpu_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// `relu(max_pool2d(x, 2, stride 2))` of a `[n, c, h, w]` input (odd
+    /// sides drop their last row or column, as Burn's pooling does).
+    fn cpu_max_pool2_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// 2-D convolution without bias, groups or dilation: `x` `[n, c, h, w]`,
+    /// `weight` `[c_out, c, kh, kw]`, symmetric zero padding.
+    fn cpu_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride_h: usize,
+        stride_w: usize,
+        pad_h: usize,
+        pad_w: usize,
+    ) -> FloatTensor<Self>;
+}
+
+static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times this process has run one of these kernels' forward
+/// passes (tests use it to tell that a layer took this path).
+pub fn launches() -> usize {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
+fn launched() {
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Whether `x` lives on `flex` as `f32`, the case these kernels serve.
+fn runs_here<const D: usize>(x: &Tensor<D>) -> bool {
+    matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_)) && x.dtype() == DType::F32
+}
+
+/// `bn.forward(x)`, through our kernels on `flex`: the batch's statistics
+/// (and a running-statistics update, as Burn's layer does) on an autodiff
+/// device while the layer trains, the running statistics otherwise.
+pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
+    if !runs_here(&x) || D < 3 {
+        return bn.forward(x);
+    }
+    let device = x.device();
+    if device.is_autodiff() && bn.training.is_enabled() {
+        let out = <Dispatch as CpuLayers>::cpu_batch_norm_train(
+            x.into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            bn.epsilon,
+        );
+        let mean = Tensor::<1>::from_dispatch(out.mean).detach();
+        let variance = Tensor::<1>::from_dispatch(out.variance).detach();
+        let m = bn.momentum;
+        let running_mean = bn.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m).add(mean.mul_scalar(m));
+        let running_var =
+            bn.running_var.value_sync().to_device(&device).mul_scalar(1.0 - m).add(variance.mul_scalar(m));
+        bn.running_mean.update(running_mean.detach());
+        bn.running_var.update(running_var.detach());
+        Tensor::from_dispatch(out.output)
+    } else {
+        let mean = bn.running_mean.value().to_device(&device);
+        let variance = bn.running_var.value().to_device(&device);
+        Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_batch_norm_eval(
+            x.into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            mean.into_dispatch(),
+            variance.into_dispatch(),
+            bn.epsilon,
+        ))
+    }
+}
+
+/// `relu(max_pool2d(x, [2, 2]))`, stride 2, no padding: our kernel on
+/// `flex`, Burn's pooling and ReLU elsewhere.
+pub fn max_pool2_relu(x: Tensor<4>) -> Tensor<4> {
+    if !runs_here(&x) {
+        return burn::tensor::activation::relu(MaxPool2dConfig::new([2, 2]).init().forward(x));
+    }
+    Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_max_pool2_relu(x.into_dispatch()))
+}
+
+/// `conv.forward(x)`, through our kernel on `flex` when the layer has no
+/// bias, one group, no dilation and symmetric padding (every convolution
+/// of our backbones); Burn's layer otherwise.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, c, h, w] = x.dims();
+    let [_, cin, kh, kw] = conv.weight.dims();
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => Some((0, 0)),
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => Some((top, left)),
+        _ => None,
+    };
+    let fits = |(ph, pw): (usize, usize)| h + 2 * ph >= kh && w + 2 * pw >= kw;
+    match padding {
+        Some(pad)
+            if runs_here(&x)
+                && conv.bias.is_none()
+                && conv.groups == 1
+                && conv.dilation == [1, 1]
+                && c == cin
+                && fits(pad) =>
+        {
+            Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_conv2d(
+                x.into_dispatch(),
+                conv.weight.val().into_dispatch(),
+                conv.stride[0],
+                conv.stride[1],
+                pad.0,
+                pad.1,
+            ))
+        }
+        _ => conv.forward(x),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Plain kernels on contiguous NCHW slices.
+
+/// Sum of a slice with 8 independent accumulators (so it vectorises).
+fn sum(p: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = p.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Sum of `(a - m)^2`.
+fn sum_sq_dev(p: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = p.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            let d = c[k] - m;
+            acc[k] += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|&a| (a - m) * (a - m)).sum::<f32>()
+}
+
+/// Sums of `g` and of `g * (a - m)`.
+fn sum_and_dot_dev(g: &[f32], a: &[f32], m: f32) -> (f32, f32) {
+    let (mut s, mut d) = ([0f32; 8], [0f32; 8]);
+    let gc = g.chunks_exact(8);
+    let ac = a.chunks_exact(8);
+    let (gr, ar) = (gc.remainder(), ac.remainder());
+    for (gx, ax) in gc.zip(ac) {
+        for k in 0..8 {
+            s[k] += gx[k];
+            d[k] += gx[k] * (ax[k] - m);
+        }
+    }
+    let mut s1 = s.iter().sum::<f32>();
+    let mut d1 = d.iter().sum::<f32>();
+    for (&gx, &ax) in gr.iter().zip(ar) {
+        s1 += gx;
+        d1 += gx * (ax - m);
+    }
+    (s1, d1)
+}
+
+/// Per-channel mean and biased variance of `x` (`[n, c, hw]`), two passes
+/// per channel, planes summed in `f64`.
+pub fn batch_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
+    let count = (n * hw).max(1) as f64;
+    let stats: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let plane = |ni: usize| &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw];
+            let mean = ((0..n).map(|ni| sum(plane(ni)) as f64).sum::<f64>() / count) as f32;
+            let var = (0..n).map(|ni| sum_sq_dev(plane(ni), mean) as f64).sum::<f64>() / count;
+            (mean, var as f32)
+        })
+        .collect();
+    stats.into_iter().unzip()
+}
+
+/// `x * scale[c] + shift[c]` over `[n, c, hw]`.
+pub fn scale_shift(x: &[f32], c: usize, hw: usize, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    let sample = (c * hw).max(1);
+    out.par_chunks_mut(sample).zip(x.par_chunks(sample)).for_each(|(o, xs)| {
+        for ci in 0..c {
+            let (a, b) = (scale[ci], shift[ci]);
+            for (oy, &xv) in o[ci * hw..(ci + 1) * hw].iter_mut().zip(&xs[ci * hw..(ci + 1) * hw]) {
+                *oy = xv * a + b;
+            }
+        }
+    });
+    out
+}
+
+/// The per-channel scale and shift of batch norm.
+fn affine(gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], epsilon: f64) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> =
+        gamma.iter().zip(var).map(|(&g, &v)| (g as f64 / (v as f64 + epsilon).sqrt()) as f32).collect();
+    let shift = beta.iter().zip(mean).zip(&scale).map(|((&b, &m), &s)| b - m * s).collect();
+    (scale, shift)
+}
+
+/// Gradients of training-mode batch norm: `(dx, dgamma, dbeta)`, with
+/// `dx = gamma / sigma * (dy - mean(dy) - xhat * mean(dy * xhat))`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let count = (n * hw).max(1) as f64;
+    let inv_std: Vec<f32> = var.iter().map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32).collect();
+    let sums: Vec<(f64, f64)> = (0..c)
+        .into_par_iter()
+        .map(|ci| {
+            let (mut s, mut d) = (0f64, 0f64);
+            for ni in 0..n {
+                let r = (ni * c + ci) * hw..(ni * c + ci + 1) * hw;
+                let (a, b) = sum_and_dot_dev(&dy[r.clone()], &x[r], mean[ci]);
+                s += a as f64;
+                d += b as f64;
+            }
+            (s, d)
+        })
+        .collect();
+    let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+    let dgamma: Vec<f32> = sums.iter().zip(&inv_std).map(|(s, &is)| (s.1 * is as f64) as f32).collect();
+    // dx = k * (dy - mdy - (x - mean) * inv_std^2 * mdyx), k = gamma * inv_std.
+    let coef: Vec<(f32, f32, f32, f32)> = (0..c)
+        .map(|ci| {
+            let k = gamma[ci] * inv_std[ci];
+            let mdy = (sums[ci].0 / count) as f32;
+            let mdyx = (sums[ci].1 / count) as f32 * inv_std[ci] * inv_std[ci];
+            (k, mdy, mdyx, mean[ci])
+        })
+        .collect();
+    let mut dx = vec![0f32; x.len()];
+    let sample = (c * hw).max(1);
+    dx.par_chunks_mut(sample).zip(x.par_chunks(sample).zip(dy.par_chunks(sample))).for_each(|(o, (xs, gs))| {
+        for (ci, &(k, mdy, mdyx, m)) in coef.iter().enumerate() {
+            let r = ci * hw..(ci + 1) * hw;
+            for ((ov, &xv), &gv) in o[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&gs[r]) {
+                *ov = k * (gv - mdy - (xv - m) * mdyx);
+            }
+        }
+    });
+    (dx, dgamma, dbeta)
+}
+
+/// Where a pooled output's gradient goes: 0..=3 the window position of the
+/// maximum (row-major), [`NO_GRAD`] when ReLU clipped the output to zero.
+const NO_GRAD: u8 = 4;
+
+/// `relu(max over each 2x2 window)` of `[planes, h, w]`: the output
+/// `[planes, h/2, w/2]` and, per output, where its gradient goes.
+pub fn max_pool2_relu_forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u8>) {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut out = vec![0f32; planes * oh * ow];
+    let mut arg = vec![NO_GRAD; planes * oh * ow];
+    if oh * ow == 0 {
+        return (out, arg);
+    }
+    out.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().with_min_len(8).for_each(|(p, (o, a))| {
+        let src = &x[p * h * w..(p + 1) * h * w];
+        for oy in 0..oh {
+            let r0 = &src[2 * oy * w..2 * oy * w + w];
+            let r1 = &src[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+            for ox in 0..ow {
+                let v = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
+                let mut best = 0usize;
+                for k in 1..4 {
+                    if v[k] > v[best] {
+                        best = k;
+                    }
+                }
+                let i = oy * ow + ox;
+                if v[best] > 0.0 {
+                    o[i] = v[best];
+                    a[i] = best as u8;
+                }
+            }
+        }
+    });
+    (out, arg)
+}
+
+/// The input gradient of [`max_pool2_relu_forward`] from the output's.
+pub fn max_pool2_relu_backward(dy: &[f32], arg: &[u8], planes: usize, h: usize, w: usize) -> Vec<f32> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut dx = vec![0f32; planes * h * w];
+    if oh * ow == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(h * w).enumerate().with_min_len(8).for_each(|(p, d)| {
+        let g = &dy[p * oh * ow..(p + 1) * oh * ow];
+        let a = &arg[p * oh * ow..(p + 1) * oh * ow];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let i = oy * ow + ox;
+                let k = a[i] as usize;
+                if k < 4 {
+                    d[(2 * oy + k / 2) * w + 2 * ox + k % 2] = g[i];
+                }
+            }
+        }
+    });
+    dx
+}
+
+/// The shape of a convolution: input `[n, c, h, w]`, `c_out` filters of
+/// `kh x kw`, strides and symmetric zero padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Samples.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels (filters).
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Strides (height, width).
+    pub stride: [usize; 2],
+    /// Zero padding on each side (height, width).
+    pub pad: [usize; 2],
+}
+
+impl ConvShape {
+    /// Output height and width.
+    pub fn out(&self) -> (usize, usize) {
+        let o = |i: usize, k: usize, s: usize, p: usize| (i + 2 * p - k) / s + 1;
+        (o(self.h, self.kh, self.stride[0], self.pad[0]), o(self.w, self.kw, self.stride[1], self.pad[1]))
+    }
+
+    /// Rows of the column matrix: `c * kh * kw`.
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// For output coordinate `o` and kernel offset `k` along one axis, the
+    /// input coordinate, if inside the image.
+    fn source(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+        (o * stride + k).checked_sub(pad).filter(|&i| i < size)
+    }
+
+    /// The output columns `ox` whose input column `ox * sw + kx - pw` lies
+    /// inside the image, as a range.
+    fn valid_ox(&self, kx: usize, ow: usize) -> std::ops::Range<usize> {
+        let (sw, pw) = (self.stride[1], self.pad[1]);
+        // ox * sw + kx >= pw  and  ox * sw + kx - pw < w
+        let lo = pw.saturating_sub(kx).div_ceil(sw);
+        let hi = if self.w + pw > kx { ((self.w + pw - kx - 1) / sw + 1).min(ow) } else { 0 };
+        lo.min(hi)..hi
+    }
+}
+
+/// The column matrix of samples `n0..n0 + count` of `x` (`[n, c, h, w]`)
+/// into `out`: `[c * kh * kw, count * oh * ow]`, row `(ci, ky, kx)`,
+/// column `(sample, oy, ox)`, zero where the window leaves the image.
+/// Every element of `out` is written, so a reused buffer needs no clearing.
+fn im2col_into(x: &[f32], s: &ConvShape, n0: usize, count: usize, out: &mut [f32]) {
+    let (oh, ow) = s.out();
+    let ohw = oh * ow;
+    let cols = count * ohw;
+    if cols == 0 {
+        return;
+    }
+    for (r, row) in out.chunks_mut(cols).enumerate() {
+        let (ci, ky, kx) = (r / (s.kh * s.kw), r / s.kw % s.kh, r % s.kw);
+        let oxs = s.valid_ox(kx, ow);
+        for j in 0..count {
+            let plane = &x[((n0 + j) * s.c + ci) * s.h * s.w..][..s.h * s.w];
+            for oy in 0..oh {
+                let dst = &mut row[j * ohw + oy * ow..][..ow];
+                let Some(iy) = ConvShape::source(oy, ky, s.stride[0], s.pad[0], s.h) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let src = &plane[iy * s.w..][..s.w];
+                dst[..oxs.start].fill(0.0);
+                dst[oxs.end..].fill(0.0);
+                if s.stride[1] == 1 {
+                    let start = oxs.start + kx - s.pad[1];
+                    dst[oxs.clone()].copy_from_slice(&src[start..start + oxs.len()]);
+                } else {
+                    for ox in oxs.clone() {
+                        dst[ox] = src[ox * s.stride[1] + kx - s.pad[1]];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the input gradient of `count` samples from their column matrix's
+/// (the adjoint of [`im2col_into`]) into `dx` (`[count, c, h, w]`).
+fn col2im_add(dcols: &[f32], s: &ConvShape, count: usize, dx: &mut [f32]) {
+    let (oh, ow) = s.out();
+    let ohw = oh * ow;
+    let cols = count * ohw;
+    if cols == 0 || s.h * s.w == 0 {
+        return;
+    }
+    for (p, plane) in dx.chunks_mut(s.h * s.w).enumerate() {
+        let (j, ci) = (p / s.c, p % s.c);
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let r = (ci * s.kh + ky) * s.kw + kx;
+                let row = &dcols[r * cols + j * ohw..][..ohw];
+                let oxs = s.valid_ox(kx, ow);
+                for oy in 0..oh {
+                    let Some(iy) = ConvShape::source(oy, ky, s.stride[0], s.pad[0], s.h) else { continue };
+                    let src = &row[oy * ow..][..ow];
+                    let dst = &mut plane[iy * s.w..][..s.w];
+                    if s.stride[1] == 1 {
+                        let start = oxs.start + kx - s.pad[1];
+                        for (d, &g) in dst[start..start + oxs.len()].iter_mut().zip(&src[oxs.clone()]) {
+                            *d += g;
+                        }
+                    } else {
+                        for ox in oxs.clone() {
+                            dst[ox * s.stride[1] + kx - s.pad[1]] += src[ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Samples per chunk: a chunk's column matrix stays near 1 MB (in cache)
+/// and chunks run in parallel, each with its own GEMMs.
+fn chunk(s: &ConvShape) -> usize {
+    let (oh, ow) = s.out();
+    (262_144 / (s.k() * oh * ow).max(1)).clamp(1, s.n.max(1))
+}
+
+/// The GEMM's own threads only when there are too few chunks to go round.
+fn gemm_threads(chunks: usize) -> gemm::Parallelism {
+    if chunks >= rayon::current_num_threads() {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(0)
+    }
+}
+
+/// `dst[m, n] = lhs[m, k] x rhs[k, n]`: row-major `dst` with row stride
+/// `dst_rs`, `lhs` and `rhs` given by (row, column) strides, on the GEMM
+/// that `flex` uses.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(last(m, n, dst_rs, 1) < dst.len(), "matmul: dst out of bounds");
+    if k == 0 {
+        dst.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    assert!(last(m, k, lhs_rs, lhs_cs) < lhs.len(), "matmul: lhs out of bounds");
+    assert!(last(k, n, rhs_rs, rhs_cs) < rhs.len(), "matmul: rhs out of bounds");
+    // SAFETY: every index the GEMM reads or writes is inside the slices
+    // (checked above), and `dst` does not alias the inputs (a `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The convolution of `x` (`[n, c, h, w]`) by `weight` (`[c_out, c, kh,
+/// kw]`): `[n, c_out, oh, ow]`. Per chunk of samples: the column matrix,
+/// one GEMM `[c_out, k] x [k, chunk * ohw]`, and a copy into place.
+pub fn conv2d_forward(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
+    let (oh, ow) = s.out();
+    let (ohw, k) = (oh * ow, s.k());
+    let mut out = vec![0f32; s.n * s.c_out * ohw];
+    if out.is_empty() {
+        return out;
+    }
+    let per = chunk(s);
+    let par = gemm_threads(s.n.div_ceil(per));
+    // Each rayon job keeps its column matrix and GEMM output between
+    // chunks: both are overwritten whole, so they are never cleared.
+    let scratch = || (Vec::<f32>::new(), Vec::<f32>::new());
+    out.par_chunks_mut(per * s.c_out * ohw).enumerate().for_each_init(scratch, |(cols, y), (i, o)| {
+        let count = o.len() / (s.c_out * ohw);
+        let cols_n = count * ohw;
+        cols.resize(k * cols_n, 0.0);
+        y.resize(s.c_out * cols_n, 0.0);
+        im2col_into(x, s, i * per, count, cols);
+        matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
+        for j in 0..count {
+            for co in 0..s.c_out {
+                o[(j * s.c_out + co) * ohw..][..ohw].copy_from_slice(&y[co * cols_n + j * ohw..][..ohw]);
+            }
+        }
+    });
+    out
+}
+
+/// Gradients of [`conv2d_forward`] from the output's (`[n, c_out, oh, ow]`):
+/// the input's (when `need_x`) and the weight's (when `need_weight`). Per
+/// chunk of samples: the column matrix again, the weight gradient's share
+/// (`dy x cols^T`, summed over chunks) and the input gradient
+/// (`weight^T x dy`, back through the adjoint of the column matrix).
+pub fn conv2d_backward(
+    dy: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    s: &ConvShape,
+    need_x: bool,
+    need_weight: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let (oh, ow) = s.out();
+    let (ohw, k) = (oh * ow, s.k());
+    let per = chunk(s);
+    let chunks = s.n.div_ceil(per);
+    let par = gemm_threads(chunks);
+    let sample = s.c * s.h * s.w;
+    let mut dx = need_x.then(|| vec![0f32; s.n * sample]);
+    // One chunk: its weight-gradient share, and its input gradient into
+    // `dxc`. The buffers (`dy` transposed, the column matrix and its
+    // gradient) are kept by each rayon job and overwritten whole.
+    let run = |(dyt, cols, dcols): &mut (Vec<f32>, Vec<f32>, Vec<f32>), i: usize, dxc: Option<&mut [f32]>| {
+        let n0 = i * per;
+        let count = per.min(s.n - n0);
+        let cols_n = count * ohw;
+        // [count, c_out, ohw] -> [c_out, count * ohw].
+        dyt.resize(s.c_out * cols_n, 0.0);
+        for co in 0..s.c_out {
+            for j in 0..count {
+                dyt[co * cols_n + j * ohw..][..ohw].copy_from_slice(&dy[((n0 + j) * s.c_out + co) * ohw..][..ohw]);
+            }
+        }
+        let dw = need_weight.then(|| {
+            cols.resize(k * cols_n, 0.0);
+            im2col_into(x, s, n0, count, cols);
+            let mut dw = vec![0f32; s.c_out * k];
+            matmul((s.c_out, k, cols_n), &mut dw, k, dyt, (cols_n, 1), cols, (1, cols_n), par);
+            dw
+        });
+        if let Some(dxc) = dxc {
+            dcols.resize(k * cols_n, 0.0);
+            matmul((k, cols_n, s.c_out), dcols, cols_n, weight, (1, k), dyt, (cols_n, 1), par);
+            col2im_add(dcols, s, count, dxc);
+        }
+        dw
+    };
+    let scratch = || (Vec::new(), Vec::new(), Vec::new());
+    // Each chunk's weight-gradient share, summed in chunk order so that a
+    // run gives the same bits whatever the threads did.
+    let shares: Vec<Option<Vec<f32>>> = match dx.as_mut() {
+        Some(dx) if sample > 0 => dx
+            .par_chunks_mut(per * sample)
+            .enumerate()
+            .map_init(scratch, |scr, (i, dxc)| run(scr, i, Some(dxc)))
+            .collect(),
+        _ => (0..chunks).into_par_iter().map_init(scratch, |scr, i| run(scr, i, None)).collect(),
+    };
+    let dw = need_weight.then(|| {
+        let mut dw = vec![0f32; s.c_out * k];
+        for share in shares.iter().flatten() {
+            dw.iter_mut().zip(share).for_each(|(u, v)| *u += v);
+        }
+        dw
+    });
+    (dx, dw)
+}
+
+// ---------------------------------------------------------------------------
+// The extension on `Flex` and `Autodiff<Flex>`.
+
+/// A contiguous `f32` copy-free view where the tensor allows it.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    let offsets = t.layout().contiguous_offsets();
+    if t.is_contiguous() && offsets.map(|(s, _)| s == 0).unwrap_or(false) {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+fn tensor(v: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+/// `[n, c, hw]` of an `[n, c, ...]` shape.
+fn nchw(shape: &Shape) -> (usize, usize, usize) {
+    let d = shape.as_slice();
+    (d[0], d[1], d[2..].iter().product())
+}
+
+fn is_f32(t: &FlexTensor) -> bool {
+    t.dtype() == DType::F32
+}
+
+impl CpuLayers for Flex {
+    fn cpu_batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> BatchNormOut<Flex> {
+        if !is_f32(&x) {
+            let r = Flex::batch_norm_train(x, gamma, beta, epsilon);
+            return BatchNormOut { output: r.output, mean: r.mean, variance: r.variance };
+        }
+        launched();
+        let shape = x.shape();
+        let (n, c, hw) = nchw(&shape);
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        let (mean, var) = batch_stats(values(&x), n, c, hw);
+        let (scale, shift) = affine(values(&gamma), values(&beta), &mean, &var, epsilon);
+        let output = tensor(scale_shift(values(&x), c, hw, &scale, &shift), shape);
+        BatchNormOut { output, mean: tensor(mean, Shape::new([c])), variance: tensor(var, Shape::new([c])) }
+    }
+
+    fn cpu_batch_norm_eval(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        if !is_f32(&x) {
+            return Flex::batch_norm(x, gamma, beta, mean, variance, epsilon);
+        }
+        launched();
+        let shape = x.shape();
+        let (_, c, hw) = nchw(&shape);
+        let x = contiguous(x);
+        let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(contiguous);
+        let (scale, shift) = affine(values(&gamma), values(&beta), values(&mean), values(&variance), epsilon);
+        tensor(scale_shift(values(&x), c, hw, &scale, &shift), shape)
+    }
+
+    fn cpu_max_pool2_relu(x: FlexTensor) -> FlexTensor {
+        pool_forward(x).0
+    }
+
+    fn cpu_conv2d(x: FlexTensor, weight: FlexTensor, sh: usize, sw: usize, ph: usize, pw: usize) -> FlexTensor {
+        conv_forward(x, weight, [sh, sw], [ph, pw]).0
+    }
+}
+
+/// The convolution's output and, where our kernel ran, its (contiguous)
+/// input and shape (`None` where Burn's ran because the input is not `f32`).
+fn conv_forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    stride: [usize; 2],
+    pad: [usize; 2],
+) -> (FlexTensor, Option<(FlexTensor, ConvShape)>) {
+    if !is_f32(&x) || !is_f32(&weight) {
+        let options = ConvOptions::new(stride, pad, [1, 1], 1);
+        return (Flex::conv2d(x, weight, None, options), None);
+    }
+    launched();
+    let [n, c, h, w] = x.shape().dims::<4>();
+    let [c_out, _, kh, kw] = weight.shape().dims::<4>();
+    let s = ConvShape { n, c, h, w, c_out, kh, kw, stride, pad };
+    let (x, weight) = (contiguous(x), contiguous(weight));
+    let out = conv2d_forward(values(&x), values(&weight), &s);
+    let (oh, ow) = s.out();
+    (tensor(out, Shape::new([n, c_out, oh, ow])), Some((x, s)))
+}
+
+/// The pooled output and where each output's gradient goes (`None` where
+/// Burn's own layers ran because the input is not `f32`).
+fn pool_forward(x: FlexTensor) -> (FlexTensor, Option<Arc<Vec<u8>>>) {
+    if !is_f32(&x) {
+        let pooled = Flex::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
+        return (Flex::relu(pooled), None);
+    }
+    launched();
+    let [n, c, h, w] = x.shape().dims::<4>();
+    let x = contiguous(x);
+    let (out, arg) = max_pool2_relu_forward(values(&x), n * c, h, w);
+    (tensor(out, Shape::new([n, c, h / 2, w / 2])), Some(Arc::new(arg)))
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl Backward<Flex, 3> for BatchNormBackward {
+    /// The input, gamma, the batch statistics and epsilon.
+    type State = (FlexTensor, FlexTensor, Vec<f32>, Vec<f32>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, gamma, mean, var, epsilon) = ops.state;
+        let shape = x.shape();
+        let (n, c, hw) = nchw(&shape);
+        let (dx, dgamma, dbeta) =
+            batch_norm_backward(values(&x), values(&grad), n, c, hw, values(&gamma), &mean, &var, epsilon);
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(dx, shape));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(dgamma, Shape::new([c])));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(dbeta, Shape::new([c])));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    /// Where each output's gradient goes, and the input's `[n, c, h, w]`.
+    type State = (Arc<Vec<u8>>, [usize; 4]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (arg, [n, c, h, w]) = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let grad = contiguous(grad);
+            tensor(max_pool2_relu_backward(values(&grad), &arg, n * c, h, w), Shape::new([n, c, h, w]))
+        });
+    }
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 2> for ConvBackward {
+    /// The input, the weight and the shape.
+    type State = (FlexTensor, FlexTensor, ConvShape);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, weight, s) = ops.state;
+        let (dx, dw) =
+            conv2d_backward(values(&grad), values(&x), values(&weight), &s, node_x.is_some(), node_weight.is_some());
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, Shape::new([s.n, s.c, s.h, s.w])));
+        }
+        if let (Some(node), Some(dw)) = (node_weight, dw) {
+            grads.register::<Flex>(node.id, tensor(dw, Shape::new([s.c_out, s.c, s.kh, s.kw])));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
+    fn cpu_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOut<Self> {
+        let constant = FloatTensor::<Self>::new;
+        if !is_f32(x.primitive()) {
+            let r = <Self as ModuleOps<Self>>::batch_norm_train(x, gamma, beta, epsilon);
+            return BatchNormOut { output: r.output, mean: r.mean, variance: r.variance };
+        }
+        match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (xp, gp) = (contiguous(x.into_primitive()), contiguous(gamma.into_primitive()));
+                let r = Flex::cpu_batch_norm_train(xp.clone(), gp.clone(), beta.into_primitive(), epsilon);
+                let state = (xp, gp, values(&r.mean).to_vec(), values(&r.variance).to_vec(), epsilon);
+                BatchNormOut {
+                    output: prep.finish(state, r.output),
+                    mean: constant(r.mean),
+                    variance: constant(r.variance),
+                }
+            }
+            OpsKind::UnTracked(prep) => {
+                let r = Flex::cpu_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                BatchNormOut { output: prep.finish(r.output), mean: constant(r.mean), variance: constant(r.variance) }
+            }
+        }
+    }
+
+    fn cpu_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        // Rare on an autodiff device (a frozen layer): Burn's differentiable
+        // composition is correct for every input that may be tracked.
+        <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon)
+    }
+
+    fn cpu_max_pool2_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !is_f32(x.primitive()) {
+            let pooled = <Self as ModuleOps<Self>>::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
+            return <Self as ActivationOps<Self>>::relu(pooled);
+        }
+        let input = x.primitive().shape().dims::<4>();
+        match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, arg) = pool_forward(x.into_primitive());
+                let arg = arg.expect("an f32 input pools with our kernel");
+                prep.finish((arg, input), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(pool_forward(x.into_primitive()).0),
+        }
+    }
+
+    fn cpu_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        sh: usize,
+        sw: usize,
+        ph: usize,
+        pw: usize,
+    ) -> FloatTensor<Self> {
+        if !is_f32(x.primitive()) || !is_f32(weight.primitive()) {
+            let options = ConvOptions::new([sh, sw], [ph, pw], [1, 1], 1);
+            return <Self as ModuleOps<Self>>::conv2d(x, weight, None, options);
+        }
+        match ConvBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let w = contiguous(weight.into_primitive());
+                let (out, kept) = conv_forward(x.into_primitive(), w.clone(), [sh, sw], [ph, pw]);
+                let (x, s) = kept.expect("f32 inputs convolve with our kernel");
+                prep.finish((x, w, s), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(conv_forward(x.into_primitive(), weight.into_primitive(), [sh, sw], [ph, pw]).0)
+            }
+        }
+    }
+}

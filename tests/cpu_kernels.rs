@@ -1,0 +1,328 @@
+//! Our CPU kernels (`h2e::kernels::cpu`) against Burn's own layers on the
+//! same `flex` device: values, gradients and running statistics.
+
+use burn::backend::Dispatch;
+use burn::module::Module;
+use burn::nn::pool::MaxPool2dConfig;
+use burn::nn::BatchNormConfig;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Distribution, Tensor};
+use h2e::kernels::cpu::{self, CpuLayers};
+
+fn flex() -> Device {
+    Device::flex()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// Largest `|a - b| / max(1, |b|)`.
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0, f32::max)
+}
+
+fn close(a: Vec<f32>, b: Vec<f32>, tol: f32, what: &str) {
+    let d = max_rel_diff(&a, &b);
+    assert!(d <= tol, "{what}: largest relative difference {d} > {tol}");
+}
+
+/// An input that is not centred and not of unit scale, so that the
+/// statistics matter.
+fn input(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
+    device.seed(seed);
+    Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device).mul_scalar(3.0).add_scalar(1.5)
+}
+
+#[test]
+fn batch_norm_training_matches_burn_in_values_and_gradients() {
+    let ad = flex().autodiff();
+    for (k, shape) in [[8, 4, 6, 6], [5, 3, 7, 7], [2, 16, 1, 1], [3, 2, 5, 9]].into_iter().enumerate() {
+        let c = shape[1];
+        let x = input(shape, k as u64, &ad);
+        let gamma = Tensor::<1>::random([c], Distribution::Uniform(0.5, 1.5), &ad);
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 1.0), &ad);
+        // A weighting of the output so that the gradient is not uniform.
+        let weight = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
+        let run = |ours: bool| {
+            let (x, g, b) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+            let (y, mean, var) = if ours {
+                let r = <Dispatch as CpuLayers>::cpu_batch_norm_train(
+                    x.clone().into_dispatch(),
+                    g.clone().into_dispatch(),
+                    b.clone().into_dispatch(),
+                    1e-5,
+                );
+                (
+                    Tensor::<4>::from_dispatch(r.output),
+                    Tensor::<1>::from_dispatch(r.mean),
+                    Tensor::<1>::from_dispatch(r.variance),
+                )
+            } else {
+                let r = burn::tensor::module::batch_norm_train(x.clone(), g.clone(), b.clone(), 1e-5);
+                (r.output, r.mean, r.variance)
+            };
+            let grads = (y.clone() * weight.clone()).sum().backward();
+            let gx = values(x.grad(&grads).unwrap());
+            let gg = values(g.grad(&grads).unwrap());
+            let gb = values(b.grad(&grads).unwrap());
+            (values(y), values(mean), values(var), gx, gg, gb)
+        };
+        let ours = run(true);
+        let burn = run(false);
+        let what = |s: &str| format!("case {k} {shape:?}: {s}");
+        close(ours.0, burn.0, 1e-5, &what("output"));
+        close(ours.1, burn.1, 1e-5, &what("mean"));
+        close(ours.2, burn.2, 1e-5, &what("variance"));
+        close(ours.3, burn.3, 1e-5, &what("input gradient"));
+        close(ours.4, burn.4, 1e-5, &what("gamma gradient"));
+        close(ours.5, burn.5, 1e-5, &what("beta gradient"));
+    }
+}
+
+#[test]
+fn batch_norm_layer_updates_running_statistics_like_burns() {
+    let ad = flex().autodiff();
+    let ours = BatchNormConfig::new(3).with_momentum(0.25).init(&ad);
+    let burn = BatchNormConfig::new(3).with_momentum(0.25).init(&ad);
+    for step in 0..3 {
+        let x = input([6, 3, 5, 5], 10 + step, &ad);
+        let before = cpu::launches();
+        let out = cpu::batch_norm(&ours, x.clone());
+        assert!(cpu::launches() > before, "the layer did not run our kernel");
+        close(values(out), values(burn.forward(x)), 1e-5, "training output");
+    }
+    let (ours_mean, burn_mean) = (values(ours.running_mean.value()), values(burn.running_mean.value()));
+    let (ours_var, burn_var) = (values(ours.running_var.value()), values(burn.running_var.value()));
+    // Three steps moved the running statistics away from their start (0, 1).
+    assert!(burn_mean.iter().all(|m| m.abs() > 0.3), "running mean did not move: {burn_mean:?}");
+    close(ours_mean, burn_mean, 1e-5, "running mean");
+    close(ours_var, burn_var, 1e-5, "running variance");
+
+    // Inference (a plain device, or a layer in validation mode) uses them.
+    let valid_ours = ours.valid();
+    let valid_burn = burn.valid();
+    let x = input([4, 3, 6, 6], 20, &flex());
+    let before = cpu::launches();
+    let a = values(cpu::batch_norm(&valid_ours, x.clone()));
+    assert!(cpu::launches() > before, "inference did not run our kernel");
+    let b = values(valid_burn.forward(x));
+    close(a, b, 1e-5, "inference output");
+}
+
+#[test]
+fn max_pool_relu_matches_burn_in_values_and_gradients() {
+    let ad = flex().autodiff();
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    // Even and odd sides (odd sides drop their last row / column), and a
+    // side of 1 (no output).
+    for (k, shape) in [[4, 3, 8, 8], [3, 5, 7, 7], [2, 2, 5, 6], [2, 2, 1, 4]].into_iter().enumerate() {
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
+        let out_shape = [shape[0], shape[1], shape[2] / 2, shape[3] / 2];
+        let weight = Tensor::<4>::random(out_shape, Distribution::Normal(0.0, 1.0), &ad);
+        let run = |ours: bool| {
+            let x = x.clone().require_grad();
+            let before = cpu::launches();
+            let y = if ours { cpu::max_pool2_relu(x.clone()) } else { relu(pool.forward(x.clone())) };
+            // (Other tests run beside this one, so only the increase is checked.)
+            assert!(!ours || cpu::launches() > before, "case {k}: our kernel did not run");
+            assert_eq!(y.dims(), out_shape, "case {k}: output shape");
+            let grads = (y.clone() * weight.clone()).sum().add_scalar(0.0).backward();
+            (values(y), x.grad(&grads).map(values))
+        };
+        let (ours, burn) = (run(true), run(false));
+        assert_eq!(ours.0, burn.0, "case {k} {shape:?}: output");
+        if out_shape[2] * out_shape[3] > 0 {
+            let (a, b) = (ours.1.unwrap(), burn.1.unwrap());
+            assert_eq!(a, b, "case {k} {shape:?}: input gradient");
+            // ReLU clipped some outputs: their windows get no gradient.
+            assert!(a.iter().filter(|g| **g != 0.0).count() < a.len() / 4, "case {k}: too many gradients");
+        }
+        // Without autodiff, the same values.
+        let plain = x.clone().inner();
+        assert_eq!(values(cpu::max_pool2_relu(plain.clone())), values(relu(pool.forward(plain))), "case {k}");
+    }
+}
+
+#[test]
+fn plain_kernels_match_a_direct_computation() {
+    // 2 samples, 2 channels, 2x2: by hand.
+    let x = [1.0f32, 2.0, 3.0, 4.0, -1.0, -2.0, -3.0, -4.0, 5.0, 6.0, 7.0, 8.0, 0.0, 0.0, 0.0, 8.0];
+    let (mean, var) = cpu::batch_stats(&x, 2, 2, 4);
+    assert_eq!(mean, vec![4.5, -0.25]);
+    // Channel 0: 1..4 and 5..8, mean 4.5, biased variance 5.25.
+    assert!((var[0] - 5.25).abs() < 1e-6, "{var:?}");
+    let (out, arg) = cpu::max_pool2_relu_forward(&x, 4, 2, 2);
+    assert_eq!(out, vec![4.0, 0.0, 8.0, 8.0]);
+    let dx = cpu::max_pool2_relu_backward(&[1.0, 2.0, 3.0, 4.0], &arg, 4, 2, 2);
+    // The second plane is all negative: ReLU stops its gradient.
+    assert_eq!(dx, vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 4.0]);
+}
+
+/// A plain convolution in `f64`, loop by loop: the output for `x` and
+/// `w`, and the input and weight gradients for the output gradient `dy`.
+#[allow(clippy::too_many_arguments)]
+fn reference_conv(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    [n, c, h, wd]: [usize; 4],
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (wd + 2 * pad - k) / stride + 1);
+    let mut y = vec![0f64; n * c_out * oh * ow];
+    let mut dx = vec![0f64; x.len()];
+    let mut dw = vec![0f64; w.len()];
+    for ni in 0..n {
+        for co in 0..c_out {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let yi = ((ni * c_out + co) * oh + oy) * ow + ox;
+                    for ci in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) = (
+                                    (oy * stride + ky) as isize - pad as isize,
+                                    (ox * stride + kx) as isize - pad as isize,
+                                );
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xi = ((ni * c + ci) * h + iy as usize) * wd + ix as usize;
+                                let wi = ((co * c + ci) * k + ky) * k + kx;
+                                y[yi] += x[xi] as f64 * w[wi] as f64;
+                                dx[xi] += dy[yi] as f64 * w[wi] as f64;
+                                dw[wi] += dy[yi] as f64 * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, dx, dw)
+}
+
+/// Each `got` within `tol` of the reference `want`, relative to the sum of
+/// the magnitudes of the terms that made it (`scale`), the bound of a
+/// rounding error in a sum of products.
+fn near(got: &[f32], want: &[f64], scale: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, ((&g, &r), &m)) in got.iter().zip(want).zip(scale).enumerate() {
+        assert!((g as f64 - r).abs() <= tol * m.max(1e-3), "{what}: element {i} is {g}, the reference {r} (terms {m})");
+    }
+}
+
+#[test]
+fn convolution_matches_burn_in_values_and_gradients() {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
+    let ad = flex().autodiff();
+    // (input [n, c, h, w], c_out, kernel, stride, padding): the small CNN's
+    // 3x3 layers, ResNet's strided 3x3, 1x1 shortcut and 7x7 stem, odd
+    // sides, and a padding that is not k / 2.
+    let cases = [
+        ([4, 1, 9, 9], 5, 3, 1, 1),
+        ([3, 6, 7, 7], 4, 3, 1, 1),
+        ([2, 3, 10, 9], 4, 3, 2, 1),
+        ([2, 4, 8, 8], 6, 1, 2, 0),
+        ([2, 3, 16, 13], 4, 7, 2, 3),
+        ([2, 2, 5, 5], 3, 3, 1, 0),
+        ([1, 2, 3, 3], 2, 3, 1, 2),
+        // Large enough that the kernel splits the batch into chunks of one
+        // sample, and of two samples with a remainder of one (a chunk's
+        // column matrix is kept near 256 Ki floats).
+        ([3, 32, 28, 28], 4, 3, 1, 1),
+        ([3, 16, 26, 26], 3, 3, 1, 1),
+    ];
+    for (k, (shape, c_out, kernel, stride, pad)) in cases.into_iter().enumerate() {
+        ad.seed(100 + k as u64);
+        let conv = Conv2dConfig::new([shape[1], c_out], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_bias(false)
+            .init(&ad);
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
+        let reference = conv.forward(x.clone());
+        let weight = Tensor::<4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &ad);
+        let run = |ours: bool| {
+            let x = x.clone().require_grad();
+            let before = cpu::launches();
+            let y = if ours { cpu::conv2d(&conv, x.clone()) } else { conv.forward(x.clone()) };
+            assert!(!ours || cpu::launches() > before, "case {k}: our kernel did not run");
+            let grads = (y.clone() * weight.clone()).sum().backward();
+            let gx = values(x.grad(&grads).unwrap());
+            let gw = values(conv.weight.val().grad(&grads).unwrap());
+            (y.dims(), values(y), gx, gw)
+        };
+        let (ours, burn) = (run(true), run(false));
+        let what = |s: &str| format!("case {k} {shape:?} k{kernel} s{stride} p{pad}: {s}");
+        assert_eq!(ours.0, burn.0, "{}", what("output shape"));
+        // Both against the plain f64 reference, within rounding of f32 sums.
+        let (xv, wv, dyv) = (values(x.clone()), values(conv.weight.val()), values(weight.clone()));
+        let (y, dx, dw) = reference_conv(&xv, &wv, &dyv, shape, c_out, kernel, stride, pad);
+        let abs = |v: &[f32]| v.iter().map(|a| a.abs()).collect::<Vec<f32>>();
+        let (ys, dxs, dws) = reference_conv(&abs(&xv), &abs(&wv), &abs(&dyv), shape, c_out, kernel, stride, pad);
+        for (name, got) in [("ours", &ours), ("burn's", &burn)] {
+            near(&got.1, &y, &ys, 1e-6, &what(&format!("{name} output")));
+            near(&got.2, &dx, &dxs, 1e-6, &what(&format!("{name} input gradient")));
+            near(&got.3, &dw, &dws, 1e-6, &what(&format!("{name} weight gradient")));
+        }
+        // Inference on the plain device, the same values.
+        let plain = x.clone().inner();
+        let valid = conv.valid();
+        close(values(cpu::conv2d(&valid, plain.clone())), values(valid.forward(plain)), 1e-5, &what("inference"));
+    }
+}
+
+#[test]
+fn convolution_of_an_untracked_input_gives_the_weight_its_gradient() {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
+    // The first layer's input needs no gradient: only the weight's is made.
+    let ad = flex().autodiff();
+    let conv = Conv2dConfig::new([1, 3], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .init(&ad);
+    let x = Tensor::<4>::random([2, 1, 6, 6], Distribution::Normal(0.0, 1.0), &ad);
+    let ours = cpu::conv2d(&conv, x.clone()).sum().backward();
+    let burn = conv.forward(x.clone()).sum().backward();
+    assert!(x.grad(&ours).is_none());
+    close(
+        values(conv.weight.val().grad(&ours).unwrap()),
+        values(conv.weight.val().grad(&burn).unwrap()),
+        1e-5,
+        "weight gradient",
+    );
+}
+
+#[test]
+fn convolution_with_a_bias_takes_burns_layer() {
+    use burn::nn::conv::Conv2dConfig;
+    let conv = Conv2dConfig::new([2, 3], [3, 3]).init(&flex());
+    let x = Tensor::<4>::random([1, 2, 5, 5], Distribution::Normal(0.0, 1.0), &flex());
+    assert_eq!(values(cpu::conv2d(&conv, x.clone())), values(conv.forward(x)));
+}
+
+#[test]
+fn convolution_gradients_do_not_depend_on_the_thread_count() {
+    use h2e::kernels::cpu::{conv2d_backward, ConvShape};
+    // Several chunks, so that the weight gradient is a sum of shares.
+    let s = ConvShape { n: 6, c: 32, h: 20, w: 20, c_out: 8, kh: 3, kw: 3, stride: [1, 1], pad: [1, 1] };
+    let mut rng = h2e::rng::Rng::new(7);
+    let mut random = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+    let (x, w, dy) = (random(6 * 32 * 400), random(8 * 32 * 9), random(6 * 8 * 400));
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| conv2d_backward(&dy, &x, &w, &s, true, true))
+    };
+    let one = on(1);
+    for threads in [2, 3, 5] {
+        assert_eq!(on(threads), one, "{threads} threads");
+    }
+}
