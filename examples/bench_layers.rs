@@ -40,7 +40,14 @@ fn main() {
     let ad = device.clone().autodiff();
     let shapes = [(1usize, 32usize, 28usize), (32, 64, 14), (64, 128, 7)];
     let mut total = (0.0, 0.0);
-    let mut report = |name: String, fwd: f64, both: f64| {
+    // Forward alone, then forward + backward (from a sum) of `layer`.
+    let mut measure = |name: String, layer: &dyn Fn() -> Tensor<4>| {
+        let fwd = time(iters, &ad, || {
+            let _ = layer();
+        });
+        let both = time(iters, &ad, || {
+            let _ = layer().sum().backward();
+        });
         println!("{name:<32} fwd {fwd:8.2} ms   fwd+bwd {both:8.2} ms");
         if !name.starts_with("  burn") {
             total.0 += fwd;
@@ -55,53 +62,17 @@ fn main() {
         // The first layer's input (the images) needs no gradient.
         let x = Tensor::<4>::random([n, cin, side, side], Distribution::Normal(0.0, 1.0), &ad);
         let x = if cin == 1 { x } else { x.require_grad() };
-        let fwd = time(iters, &ad, || {
-            let _ = cpu::conv2d(&conv, x.clone());
-        });
-        let both = time(iters, &ad, || {
-            let _ = cpu::conv2d(&conv, x.clone()).sum().backward();
-        });
-        report(format!("conv {cin}->{cout} @{side}"), fwd, both);
-        let fwd = time(iters, &ad, || {
-            let _ = conv.forward(x.clone());
-        });
-        let both = time(iters, &ad, || {
-            let _ = conv.forward(x.clone()).sum().backward();
-        });
-        report(format!("  burn's conv {cin}->{cout} @{side}"), fwd, both);
+        measure(format!("conv {cin}->{cout} @{side}"), &|| cpu::conv2d(&conv, x.clone()));
+        measure(format!("  burn's conv {cin}->{cout} @{side}"), &|| conv.forward(x.clone()));
 
         let bn = BatchNormConfig::new(cout).init(&ad);
         let y = Tensor::<4>::random([n, cout, side, side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
-        let fwd = time(iters, &ad, || {
-            let _ = cpu::batch_norm(&bn, y.clone());
-        });
-        let both = time(iters, &ad, || {
-            let _ = cpu::batch_norm(&bn, y.clone()).sum().backward();
-        });
-        report(format!("batch norm {cout} @{side}"), fwd, both);
-        let fwd = time(iters, &ad, || {
-            let _ = bn.forward(y.clone());
-        });
-        let both = time(iters, &ad, || {
-            let _ = bn.forward(y.clone()).sum().backward();
-        });
-        report(format!("  burn's batch norm {cout} @{side}"), fwd, both);
+        measure(format!("batch norm {cout} @{side}"), &|| cpu::batch_norm(&bn, y.clone()));
+        measure(format!("  burn's batch norm {cout} @{side}"), &|| bn.forward(y.clone()));
 
-        let fwd = time(iters, &ad, || {
-            let _ = cpu::max_pool2_relu(y.clone());
-        });
-        let both = time(iters, &ad, || {
-            let _ = cpu::max_pool2_relu(y.clone()).sum().backward();
-        });
-        report(format!("max pool 2 + relu {cout} @{side}"), fwd, both);
         let pool = MaxPool2dConfig::new([2, 2]).init();
-        let fwd = time(iters, &ad, || {
-            let _ = relu(pool.forward(y.clone()));
-        });
-        let both = time(iters, &ad, || {
-            let _ = relu(pool.forward(y.clone())).sum().backward();
-        });
-        report(format!("  burn's max pool + relu {cout} @{side}"), fwd, both);
+        measure(format!("max pool 2 + relu {cout} @{side}"), &|| cpu::max_pool2_relu(&pool, y.clone()));
+        measure(format!("  burn's max pool + relu {cout} @{side}"), &|| relu(pool.forward(y.clone())));
     }
     println!("{:<28} fwd {:8.2} ms   fwd+bwd {:8.2} ms (each backward includes a sum)", "total", total.0, total.1);
 }

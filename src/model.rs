@@ -103,11 +103,9 @@ impl SmallCnn {
     fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
         // ReLU after the pooling: max-pooling commutes with the monotone
         // ReLU (same values, same gradients), and the ReLU then runs on a
-        // quarter of the elements; on `flex` the two are one kernel of ours
-        // (`self.pool` is the same 2x2 stride-2 pooling, kept so saved
-        // models keep their layout).
+        // quarter of the elements; on `flex` the two are one kernel of ours.
         for b in &self.blocks {
-            x = crate::kernels::cpu::max_pool2_relu(b.linear(x));
+            x = crate::kernels::cpu::max_pool2_relu(&self.pool, b.linear(x));
         }
         adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3)
     }

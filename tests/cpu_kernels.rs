@@ -124,7 +124,7 @@ fn max_pool_relu_matches_burn_in_values_and_gradients() {
         let run = |ours: bool| {
             let x = x.clone().require_grad();
             let before = cpu::launches();
-            let y = if ours { cpu::max_pool2_relu(x.clone()) } else { relu(pool.forward(x.clone())) };
+            let y = if ours { cpu::max_pool2_relu(&pool, x.clone()) } else { relu(pool.forward(x.clone())) };
             // (Other tests run beside this one, so only the increase is checked.)
             assert!(!ours || cpu::launches() > before, "case {k}: our kernel did not run");
             assert_eq!(y.dims(), out_shape, "case {k}: output shape");
@@ -141,8 +141,20 @@ fn max_pool_relu_matches_burn_in_values_and_gradients() {
         }
         // Without autodiff, the same values.
         let plain = x.clone().inner();
-        assert_eq!(values(cpu::max_pool2_relu(plain.clone())), values(relu(pool.forward(plain))), "case {k}");
+        assert_eq!(values(cpu::max_pool2_relu(&pool, plain.clone())), values(relu(pool.forward(plain))), "case {k}");
     }
+}
+
+#[test]
+fn a_pooling_the_kernel_does_not_cover_takes_burns_layer() {
+    // ResNet's stem pooling: 3x3, stride 2, padding 1.
+    use burn::nn::PaddingConfig2d;
+    let pool =
+        MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init();
+    let x = Tensor::<4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &flex());
+    let out = cpu::max_pool2_relu(&pool, x.clone());
+    assert_eq!(out.dims(), [2, 3, 5, 5]);
+    assert_eq!(values(out), values(relu(pool.forward(x))));
 }
 
 #[test]

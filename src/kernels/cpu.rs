@@ -29,9 +29,9 @@
 //! How they reach Burn: a backend extension trait, [`CpuLayers`],
 //! implemented for `Flex` (the kernels) and for `Autodiff<Flex>` (the
 //! same kernels forward, and the hand-written backward of each). The
-//! functions [`conv2d`], [`batch_norm`] and [`max_pool2_relu`] route a
-//! tensor there when it lives on `flex` as `f32`, and to Burn's own layers
-//! on every other device, so the wgpu and CUDA paths are unchanged. Every
+//! functions [`conv2d`], [`batch_norm`] and [`max_pool2_relu`] take Burn's
+//! layer and route a tensor there when it lives on `flex` as `f32` (and the
+//! layer is one the kernel covers), and to Burn's own layer otherwise, so the wgpu and CUDA paths are unchanged. Every
 //! kernel is checked against Burn's layers, and the convolution also
 //! against a plain `f64` reference, in `tests/cpu_kernels.rs`.
 
@@ -50,7 +50,7 @@ use burn::backend::{
     backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, ExtensionType, Flex, TensorMetadata,
 };
 use burn::nn::conv::Conv2d;
-use burn::nn::pool::MaxPool2dConfig;
+use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
@@ -158,11 +158,14 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     }
 }
 
-/// `relu(max_pool2d(x, [2, 2]))`, stride 2, no padding: our kernel on
-/// `flex`, Burn's pooling and ReLU elsewhere.
-pub fn max_pool2_relu(x: Tensor<4>) -> Tensor<4> {
-    if !runs_here(&x) {
-        return burn::tensor::activation::relu(MaxPool2dConfig::new([2, 2]).init().forward(x));
+/// `relu(pool.forward(x))`: our kernel on `flex` when `pool` is 2x2 with
+/// stride 2, no padding, dilation or ceiling (the small CNN's); Burn's
+/// pooling and ReLU otherwise.
+pub fn max_pool2_relu(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    let unpadded = matches!(pool.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
+    let ours = pool.kernel_size == [2, 2] && pool.stride == [2, 2] && pool.dilation == [1, 1] && !pool.ceil_mode;
+    if !(unpadded && ours && runs_here(&x)) {
+        return burn::tensor::activation::relu(pool.forward(x));
     }
     Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_max_pool2_relu(x.into_dispatch()))
 }
@@ -204,31 +207,19 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 // ---------------------------------------------------------------------------
 // Plain kernels on contiguous NCHW slices.
 
-/// Sum of a slice with 8 independent accumulators (so it vectorises).
-fn sum(p: &[f32]) -> f32 {
+/// Sum of `f(a)` over a slice, with 8 independent accumulators (so it
+/// vectorises).
+#[inline(always)]
+fn lane_sum(p: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = p.chunks_exact(8);
     let rest = chunks.remainder();
     for c in chunks {
         for k in 0..8 {
-            acc[k] += c[k];
+            acc[k] += f(c[k]);
         }
     }
-    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
-}
-
-/// Sum of `(a - m)^2`.
-fn sum_sq_dev(p: &[f32], m: f32) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = p.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for k in 0..8 {
-            let d = c[k] - m;
-            acc[k] += d * d;
-        }
-    }
-    acc.iter().sum::<f32>() + rest.iter().map(|&a| (a - m) * (a - m)).sum::<f32>()
+    acc.iter().sum::<f32>() + rest.iter().map(|&a| f(a)).sum::<f32>()
 }
 
 /// Sums of `g` and of `g * (a - m)`.
@@ -260,8 +251,8 @@ pub fn batch_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f
         .into_par_iter()
         .map(|ci| {
             let plane = |ni: usize| &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw];
-            let mean = ((0..n).map(|ni| sum(plane(ni)) as f64).sum::<f64>() / count) as f32;
-            let var = (0..n).map(|ni| sum_sq_dev(plane(ni), mean) as f64).sum::<f64>() / count;
+            let mean = ((0..n).map(|ni| lane_sum(plane(ni), |a| a) as f64).sum::<f64>() / count) as f32;
+            let var = (0..n).map(|ni| lane_sum(plane(ni), |a| (a - mean) * (a - mean)) as f64).sum::<f64>() / count;
             (mean, var as f32)
         })
         .collect();
