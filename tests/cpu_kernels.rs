@@ -112,6 +112,15 @@ fn batch_norm_layer_updates_running_statistics_like_burns() {
 }
 
 #[test]
+#[should_panic(expected = "axis 1 expected 3, got 4")]
+fn batch_norm_of_the_wrong_width_panics_as_burns_layer_does() {
+    // A library caller's programming error: Burn's shape check, not an
+    // index out of bounds inside our kernel.
+    let bn = BatchNormConfig::new(3).init(&flex());
+    let _ = cpu::batch_norm(&bn, input([2, 4, 3, 3], 0, &flex()));
+}
+
+#[test]
 fn max_pool_relu_matches_burn_in_values_and_gradients() {
     let ad = flex().autodiff();
     let pool = MaxPool2dConfig::new([2, 2]).init();

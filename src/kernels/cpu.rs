@@ -123,8 +123,10 @@ fn runs_here<const D: usize>(x: &Tensor<D>) -> bool {
 /// `bn.forward(x)`, through our kernels on `flex`: the batch's statistics
 /// (and a running-statistics update, as Burn's layer does) on an autodiff
 /// device while the layer trains, the running statistics otherwise.
+/// A layer that does not match the input's channels goes to Burn's, which
+/// says so in its panic.
 pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
-    if !runs_here(&x) || D < 3 {
+    if !runs_here(&x) || D < 3 || x.dims()[1] != bn.gamma.dims()[0] {
         return bn.forward(x);
     }
     let device = x.device();
