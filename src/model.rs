@@ -82,6 +82,13 @@ impl ConvBn {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         relu(self.linear(x))
     }
+
+    /// `relu(pool(batch_norm(conv(x))))`; on `flex` the last three are one
+    /// kernel of ours.
+    fn pooled(&self, pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+        use crate::kernels::cpu;
+        cpu::batch_norm_pool2_relu(&self.bn, pool, cpu::conv2d(&self.conv, x))
+    }
 }
 
 /// The small CNN backbone.
@@ -103,9 +110,9 @@ impl SmallCnn {
     fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
         // ReLU after the pooling: max-pooling commutes with the monotone
         // ReLU (same values, same gradients), and the ReLU then runs on a
-        // quarter of the elements; on `flex` the two are one kernel of ours.
+        // quarter of the elements.
         for b in &self.blocks {
-            x = crate::kernels::cpu::max_pool2_relu(&self.pool, b.linear(x));
+            x = b.pooled(&self.pool, x);
         }
         adaptive_avg_pool2d(x, [1, 1]).flatten(1, 3)
     }

@@ -347,3 +347,97 @@ fn convolution_gradients_do_not_depend_on_the_thread_count() {
         assert_eq!(on(threads), one, "{threads} threads");
     }
 }
+
+/// Values and gradients of `relu(max_pool2(batch_norm_train(x)))`: through
+/// our fused kernel (`fused`) or through our batch norm then our pooling.
+fn bn_pool_run(fused: bool, x: &Tensor<4>, gamma: &Tensor<1>, beta: &Tensor<1>, weight: &Tensor<4>) -> [Vec<f32>; 6] {
+    let (x, g, b) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+    let (xd, gd, bd) = (x.clone().into_dispatch(), g.clone().into_dispatch(), b.clone().into_dispatch());
+    let before = cpu::launches();
+    let r = if fused {
+        <Dispatch as CpuLayers>::cpu_batch_norm_pool2_relu_train(xd, gd, bd, 1e-5)
+    } else {
+        let r = <Dispatch as CpuLayers>::cpu_batch_norm_train(xd, gd, bd, 1e-5);
+        let output = <Dispatch as CpuLayers>::cpu_max_pool2_relu(r.output);
+        cpu::BatchNormOut { output, ..r }
+    };
+    assert!(cpu::launches() > before, "our kernels did not run");
+    let y = Tensor::<4>::from_dispatch(r.output);
+    let grads = (y.clone() * weight.clone()).sum().backward();
+    let grad = |t: Option<Tensor<4>>| t.map(values).unwrap_or_default();
+    let gx = grad(x.grad(&grads));
+    let gg = g.grad(&grads).map(values).unwrap_or_default();
+    let gb = b.grad(&grads).map(values).unwrap_or_default();
+    [values(y), values(Tensor::<1>::from_dispatch(r.mean)), values(Tensor::<1>::from_dispatch(r.variance)), gx, gg, gb]
+}
+
+#[test]
+fn fused_batch_norm_pooling_relu_matches_the_unfused_kernels_bit_for_bit_and_burn() {
+    let ad = flex().autodiff();
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    // Even and odd sides, sides whose planes are not a multiple of 8
+    // elements, a 1 x 1 output, and no output at all.
+    for (k, shape) in [[6, 4, 8, 8], [5, 3, 7, 7], [4, 2, 14, 14], [3, 5, 2, 2], [2, 3, 1, 5]].into_iter().enumerate() {
+        let c = shape[1];
+        let x = input(shape, 30 + k as u64, &ad);
+        let gamma = Tensor::<1>::random([c], Distribution::Uniform(-1.5, 1.5), &ad);
+        let beta = Tensor::<1>::random([c], Distribution::Normal(0.0, 1.0), &ad);
+        let out_shape = [shape[0], c, shape[2] / 2, shape[3] / 2];
+        let weight = Tensor::<4>::random(out_shape, Distribution::Normal(0.0, 1.0), &ad);
+        let fused = bn_pool_run(true, &x, &gamma, &beta, &weight);
+        let unfused = bn_pool_run(false, &x, &gamma, &beta, &weight);
+        let names = ["output", "mean", "variance", "input gradient", "gamma gradient", "beta gradient"];
+        for (name, (a, b)) in names.iter().zip(fused.iter().zip(&unfused)) {
+            assert_eq!(a.len(), b.len(), "case {k} {shape:?}: {name} sizes");
+            let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i].to_bits() != b[i].to_bits()).collect();
+            assert!(
+                differ.is_empty(),
+                "case {k} {shape:?}: {name} differs at {} elements, first {:?}",
+                differ.len(),
+                differ.first()
+            );
+        }
+        assert_eq!(fused[0].len(), out_shape.iter().product::<usize>(), "case {k}: output size");
+        // And Burn's own layers, to rounding.
+        let (xb, gb, bb) = (x.clone().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+        let r = burn::tensor::module::batch_norm_train(xb.clone(), gb.clone(), bb.clone(), 1e-5);
+        let y = relu(pool.forward(r.output));
+        let grads = (y.clone() * weight.clone()).sum().backward();
+        close(fused[0].clone(), values(y), 1e-5, &format!("case {k}: output against Burn"));
+        if out_shape[2] * out_shape[3] > 0 {
+            close(fused[3].clone(), values(xb.grad(&grads).unwrap()), 1e-5, &format!("case {k}: dx against Burn"));
+            close(fused[4].clone(), values(gb.grad(&grads).unwrap()), 1e-5, &format!("case {k}: dgamma against Burn"));
+            close(fused[5].clone(), values(bb.grad(&grads).unwrap()), 1e-5, &format!("case {k}: dbeta against Burn"));
+            // A negative gamma flips which element of a window is the
+            // maximum: the gradient goes where the normalised maximum was.
+            assert!(fused[3].iter().any(|g| *g != 0.0), "case {k}: no input gradient");
+        }
+    }
+}
+
+#[test]
+fn fused_block_layer_trains_running_statistics_and_infers_like_burns_layers() {
+    let ad = flex().autodiff();
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    let ours = BatchNormConfig::new(3).with_momentum(0.25).init(&ad);
+    let burn = BatchNormConfig::new(3).with_momentum(0.25).init(&ad);
+    for step in 0..3 {
+        let x = input([6, 3, 6, 6], 40 + step, &ad);
+        let before = cpu::launches();
+        let out = cpu::batch_norm_pool2_relu(&ours, &pool, x.clone());
+        assert!(cpu::launches() > before, "the block did not run our kernel");
+        close(values(out), values(relu(pool.forward(burn.forward(x)))), 1e-5, "training output");
+    }
+    close(values(ours.running_mean.value()), values(burn.running_mean.value()), 1e-5, "running mean");
+    close(values(ours.running_var.value()), values(burn.running_var.value()), 1e-5, "running variance");
+    let (valid_ours, valid_burn) = (ours.valid(), burn.valid());
+    let x = input([4, 3, 9, 8], 50, &flex());
+    let before = cpu::launches();
+    let a = values(cpu::batch_norm_pool2_relu(&valid_ours, &pool, x.clone()));
+    assert!(cpu::launches() > before, "inference did not run our kernel");
+    close(a, values(relu(pool.forward(valid_burn.forward(x.clone())))), 1e-5, "inference output");
+    // A pooling the kernel does not cover: Burn's layers, the same values.
+    let wide = MaxPool2dConfig::new([3, 3]).init();
+    let a = values(cpu::batch_norm_pool2_relu(&valid_ours, &wide, x.clone()));
+    close(a, values(relu(wide.forward(valid_burn.forward(x)))), 1e-5, "3x3 pooling");
+}

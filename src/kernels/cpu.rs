@@ -52,7 +52,7 @@ use burn::backend::{
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 /// The statistics-returning batch norm of a training step.
@@ -79,6 +79,26 @@ pub trait CpuLayers: Backend {
 
     /// Batch norm with given (running) statistics.
     fn cpu_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// `relu(max_pool2d(batch_norm_train(x), 2, stride 2))` of a
+    /// `[n, c, h, w]` input: [`BatchNormOut`] with the pooled output.
+    fn cpu_batch_norm_pool2_relu_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOut<Self>;
+
+    /// `relu(max_pool2d(batch_norm(x), 2, stride 2))` with given (running)
+    /// statistics.
+    fn cpu_batch_norm_pool2_relu_eval(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
@@ -137,14 +157,7 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
             bn.beta.val().into_dispatch(),
             bn.epsilon,
         );
-        let mean = Tensor::<1>::from_dispatch(out.mean).detach();
-        let variance = Tensor::<1>::from_dispatch(out.variance).detach();
-        let m = bn.momentum;
-        let running_mean = bn.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m).add(mean.mul_scalar(m));
-        let running_var =
-            bn.running_var.value_sync().to_device(&device).mul_scalar(1.0 - m).add(variance.mul_scalar(m));
-        bn.running_mean.update(running_mean.detach());
-        bn.running_var.update(running_var.detach());
+        update_running(bn, out.mean, out.variance, &device);
         Tensor::from_dispatch(out.output)
     } else {
         let mean = bn.running_mean.value().to_device(&device);
@@ -160,13 +173,63 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// Burn's running-statistics update of a training step: `running =
+/// (1 - momentum) * running + momentum * batch`.
+fn update_running(bn: &BatchNorm, mean: FloatTensor<Dispatch>, variance: FloatTensor<Dispatch>, device: &Device) {
+    let mean = Tensor::<1>::from_dispatch(mean).detach();
+    let variance = Tensor::<1>::from_dispatch(variance).detach();
+    let m = bn.momentum;
+    let running_mean = bn.running_mean.value_sync().to_device(device).mul_scalar(1.0 - m).add(mean.mul_scalar(m));
+    let running_var = bn.running_var.value_sync().to_device(device).mul_scalar(1.0 - m).add(variance.mul_scalar(m));
+    bn.running_mean.update(running_mean.detach());
+    bn.running_var.update(running_var.detach());
+}
+
+/// Whether `pool` is the 2x2, stride-2, unpadded max pooling our kernels
+/// cover.
+fn is_pool2(pool: &MaxPool2d) -> bool {
+    let unpadded = matches!(pool.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
+    unpadded && pool.kernel_size == [2, 2] && pool.stride == [2, 2] && pool.dilation == [1, 1] && !pool.ceil_mode
+}
+
+/// `relu(pool.forward(bn.forward(x)))` (the small CNN's block after its
+/// convolution): on `flex`, for a 2x2 `pool`, one kernel of ours that never
+/// makes the full-size normalised tensor, forward or backward; elsewhere
+/// [`batch_norm`] then [`max_pool2_relu`]. The same values and gradients
+/// either way on `flex`, bit for bit.
+pub fn batch_norm_pool2_relu(bn: &BatchNorm, pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    if !runs_here(&x) || x.dims()[1] != bn.gamma.dims()[0] || !is_pool2(pool) {
+        return max_pool2_relu(pool, batch_norm(bn, x));
+    }
+    let device = x.device();
+    if device.is_autodiff() && bn.training.is_enabled() {
+        let out = <Dispatch as CpuLayers>::cpu_batch_norm_pool2_relu_train(
+            x.into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            bn.epsilon,
+        );
+        update_running(bn, out.mean, out.variance, &device);
+        Tensor::from_dispatch(out.output)
+    } else {
+        let mean = bn.running_mean.value().to_device(&device);
+        let variance = bn.running_var.value().to_device(&device);
+        Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_batch_norm_pool2_relu_eval(
+            x.into_dispatch(),
+            bn.gamma.val().into_dispatch(),
+            bn.beta.val().into_dispatch(),
+            mean.into_dispatch(),
+            variance.into_dispatch(),
+            bn.epsilon,
+        ))
+    }
+}
+
 /// `relu(pool.forward(x))`: our kernel on `flex` when `pool` is 2x2 with
 /// stride 2, no padding, dilation or ceiling (the small CNN's); Burn's
 /// pooling and ReLU otherwise.
 pub fn max_pool2_relu(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
-    let unpadded = matches!(pool.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
-    let ours = pool.kernel_size == [2, 2] && pool.stride == [2, 2] && pool.dilation == [1, 1] && !pool.ceil_mode;
-    if !(unpadded && ours && runs_here(&x)) {
+    if !(is_pool2(pool) && runs_here(&x)) {
         return burn::tensor::activation::relu(pool.forward(x));
     }
     Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_max_pool2_relu(x.into_dispatch()))
@@ -298,15 +361,66 @@ pub fn batch_norm_backward(
     var: &[f32],
     epsilon: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    bn_backward(x, &Dense { dy, hw }, (n, c, hw), gamma, mean, var, epsilon)
+}
+
+/// Where the batch-norm backward reads a plane's output gradient.
+trait PlaneGrad: Sync {
+    /// Plane `p`'s gradient, from the tensor or made in `scratch`.
+    fn plane<'a>(&'a self, p: usize, scratch: &'a mut Vec<f32>) -> &'a [f32];
+}
+
+/// A full-size gradient tensor.
+struct Dense<'a> {
+    dy: &'a [f32],
+    hw: usize,
+}
+
+impl PlaneGrad for Dense<'_> {
+    fn plane<'a>(&'a self, p: usize, _scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        &self.dy[p * self.hw..(p + 1) * self.hw]
+    }
+}
+
+/// The gradient of a 2x2 max pooling + ReLU's output, scattered one plane
+/// at a time as [`max_pool2_relu_backward`] scatters it.
+struct Pooled<'a> {
+    g: &'a [f32],
+    arg: &'a [u8],
+    h: usize,
+    w: usize,
+}
+
+impl PlaneGrad for Pooled<'_> {
+    fn plane<'a>(&'a self, p: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        let ohw = (self.h / 2) * (self.w / 2);
+        scratch.resize(self.h * self.w, 0.0);
+        scatter_plane(&self.g[p * ohw..(p + 1) * ohw], &self.arg[p * ohw..(p + 1) * ohw], self.w, scratch);
+        scratch
+    }
+}
+
+/// The batch-norm backward of `x` (`[n, c, hw]`) with its output's gradient
+/// read through `dy`: two per-channel sums (each plane's in `f32` with 8
+/// lanes, the planes' in `f64`), then the input gradient plane by plane.
+fn bn_backward(
+    x: &[f32],
+    dy: &impl PlaneGrad,
+    (n, c, hw): (usize, usize, usize),
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let count = (n * hw).max(1) as f64;
     let inv_std: Vec<f32> = var.iter().map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32).collect();
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
-        .map(|ci| {
+        .map_init(Vec::new, |scratch, ci| {
             let (mut s, mut d) = (0f64, 0f64);
             for ni in 0..n {
-                let r = (ni * c + ci) * hw..(ni * c + ci + 1) * hw;
-                let (a, b) = sum_and_dot_dev(&dy[r.clone()], &x[r], mean[ci]);
+                let p = ni * c + ci;
+                let (a, b) = sum_and_dot_dev(dy.plane(p, scratch), &x[p * hw..(p + 1) * hw], mean[ci]);
                 s += a as f64;
                 d += b as f64;
             }
@@ -315,7 +429,7 @@ pub fn batch_norm_backward(
         .collect();
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
     let dgamma: Vec<f32> = sums.iter().zip(&inv_std).map(|(s, &is)| (s.1 * is as f64) as f32).collect();
-    // dx = k * (dy - mdy - (x - mean) * inv_std^2 * mdyx), k = gamma * inv_std.
+    // dx = k * (dy - mdy - (x - mean) * mdyx), k = gamma * inv_std.
     let coef: Vec<(f32, f32, f32, f32)> = (0..c)
         .map(|ci| {
             let k = gamma[ci] * inv_std[ci];
@@ -325,15 +439,15 @@ pub fn batch_norm_backward(
         })
         .collect();
     let mut dx = vec![0f32; x.len()];
-    let sample = (c * hw).max(1);
-    dx.par_chunks_mut(sample).zip(x.par_chunks(sample).zip(dy.par_chunks(sample))).for_each(|(o, (xs, gs))| {
-        for (ci, &(k, mdy, mdyx, m)) in coef.iter().enumerate() {
-            let r = ci * hw..(ci + 1) * hw;
-            for ((ov, &xv), &gv) in o[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&gs[r]) {
+    if hw > 0 {
+        dx.par_chunks_mut(hw).enumerate().with_min_len(8).for_each_init(Vec::new, |scratch, (p, o)| {
+            let (k, mdy, mdyx, m) = coef[p % c];
+            let gs = dy.plane(p, scratch);
+            for ((ov, &xv), &gv) in o.iter_mut().zip(&x[p * hw..(p + 1) * hw]).zip(gs) {
                 *ov = k * (gv - mdy - (xv - m) * mdyx);
             }
-        }
-    });
+        });
+    }
     (dx, dgamma, dbeta)
 }
 
@@ -344,33 +458,55 @@ const NO_GRAD: u8 = 4;
 /// `relu(max over each 2x2 window)` of `[planes, h, w]`: the output
 /// `[planes, h/2, w/2]` and, per output, where its gradient goes.
 pub fn max_pool2_relu_forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u8>) {
+    affine_pool2_relu::<true>(x, planes, h, w, |_| (1.0, 0.0))
+}
+
+/// `relu(max over each 2x2 window of x * a + b)` of `[planes, h, w]`, with
+/// `(a, b) = ab(plane)`: batch norm's scale and shift, pooling and ReLU in
+/// one pass, each value computed as [`scale_shift`] computes it. The output
+/// `[planes, h/2, w/2]` and, when `ARG`, where each output's gradient goes
+/// (empty otherwise).
+fn affine_pool2_relu<const ARG: bool>(
+    x: &[f32],
+    planes: usize,
+    h: usize,
+    w: usize,
+    ab: impl Fn(usize) -> (f32, f32) + Sync,
+) -> (Vec<f32>, Vec<u8>) {
     let (oh, ow) = (h / 2, w / 2);
-    let mut out = vec![0f32; planes * oh * ow];
-    let mut arg = vec![NO_GRAD; planes * oh * ow];
-    if oh * ow == 0 {
-        return (out, arg);
+    let ohw = oh * ow;
+    let mut out = vec![0f32; planes * ohw];
+    // Without `ARG`, one unused byte per plane keeps the loop the same.
+    let per_plane = if ARG { ohw } else { 1 };
+    let mut arg = vec![NO_GRAD; planes * per_plane];
+    if ohw == 0 {
+        return (out, if ARG { arg } else { Vec::new() });
     }
-    out.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().with_min_len(8).for_each(|(p, (o, a))| {
+    out.par_chunks_mut(ohw).zip(arg.par_chunks_mut(per_plane)).enumerate().with_min_len(8).for_each(|(p, (o, a))| {
         let src = &x[p * h * w..(p + 1) * h * w];
+        let (sa, sb) = ab(p);
         for oy in 0..oh {
-            let r0 = &src[2 * oy * w..2 * oy * w + w];
-            let r1 = &src[(2 * oy + 1) * w..(2 * oy + 1) * w + w];
+            let r0 = &src[2 * oy * w..][..2 * ow];
+            let r1 = &src[(2 * oy + 1) * w..][..2 * ow];
             for ox in 0..ow {
-                let v = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]];
-                let mut best = 0usize;
-                for k in 1..4 {
-                    if v[k] > v[best] {
-                        best = k;
-                    }
-                }
+                let v = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]].map(|v| v * sa + sb);
+                // The first maximum in window order, as a scan with `>`.
+                let (m0, k0) = if v[1] > v[0] { (v[1], 1) } else { (v[0], 0) };
+                let (m1, k1) = if v[3] > v[2] { (v[3], 3) } else { (v[2], 2) };
+                let (m, k) = if m1 > m0 { (m1, k1) } else { (m0, k0) };
                 let i = oy * ow + ox;
-                if v[best] > 0.0 {
-                    o[i] = v[best];
-                    a[i] = best as u8;
+                if m > 0.0 {
+                    o[i] = m;
+                    if ARG {
+                        a[i] = k;
+                    }
                 }
             }
         }
     });
+    if !ARG {
+        arg.clear();
+    }
     (out, arg)
 }
 
@@ -382,19 +518,86 @@ pub fn max_pool2_relu_backward(dy: &[f32], arg: &[u8], planes: usize, h: usize, 
         return dx;
     }
     dx.par_chunks_mut(h * w).enumerate().with_min_len(8).for_each(|(p, d)| {
-        let g = &dy[p * oh * ow..(p + 1) * oh * ow];
-        let a = &arg[p * oh * ow..(p + 1) * oh * ow];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let i = oy * ow + ox;
-                let k = a[i] as usize;
-                if k < 4 {
-                    d[(2 * oy + k / 2) * w + 2 * ox + k % 2] = g[i];
-                }
-            }
-        }
+        scatter_plane(&dy[p * oh * ow..(p + 1) * oh * ow], &arg[p * oh * ow..(p + 1) * oh * ow], w, d)
     });
     dx
+}
+
+/// One plane of [`max_pool2_relu_backward`]: the pooled gradient `g`
+/// scattered to where `arg` says into `d` (the input plane, `w` wide),
+/// zero elsewhere.
+fn scatter_plane(g: &[f32], arg: &[u8], w: usize, d: &mut [f32]) {
+    d.fill(0.0);
+    let ow = w / 2;
+    if ow == 0 {
+        return;
+    }
+    for (i, (&gv, &k)) in g.iter().zip(arg).enumerate() {
+        if k < NO_GRAD {
+            let (oy, ox, k) = (i / ow, i % ow, k as usize);
+            d[(2 * oy + k / 2) * w + 2 * ox + k % 2] = gv;
+        }
+    }
+}
+
+/// Training-mode batch norm followed by 2x2 max pooling and ReLU, of
+/// `[n, c, h, w]`: the pooled output, where each output's gradient goes,
+/// and the batch mean and biased variance. The same values as
+/// [`batch_stats`], [`scale_shift`] and [`max_pool2_relu_forward`] one
+/// after the other, bit for bit, without the full-size normalised tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_pool2_relu_train(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>) {
+    let (mean, var) = batch_stats(x, n, c, h * w);
+    let (scale, shift) = affine(gamma, beta, &mean, &var, epsilon);
+    let (out, arg) = affine_pool2_relu::<true>(x, n * c, h, w, |p| (scale[p % c], shift[p % c]));
+    (out, arg, mean, var)
+}
+
+/// Batch norm with given statistics followed by 2x2 max pooling and ReLU,
+/// of `[n, c, h, w]`, in one pass.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_pool2_relu_eval(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    epsilon: f64,
+) -> Vec<f32> {
+    let (scale, shift) = affine(gamma, beta, mean, var, epsilon);
+    affine_pool2_relu::<false>(x, n * c, h, w, |p| (scale[p % c], shift[p % c])).0
+}
+
+/// Gradients of [`batch_norm_pool2_relu_train`] from the pooled output's
+/// gradient `g` (`[n, c, h/2, w/2]`) and `arg`: `(dx, dgamma, dbeta)`, bit
+/// for bit those of [`batch_norm_backward`] of the gradient that
+/// [`max_pool2_relu_backward`] scatters, made one plane at a time in a
+/// small buffer instead of a full-size tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_pool2_relu_backward(
+    x: &[f32],
+    g: &[f32],
+    arg: &[u8],
+    (n, c, h, w): (usize, usize, usize, usize),
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    bn_backward(x, &Pooled { g, arg, h, w }, (n, c, h * w), gamma, mean, var, epsilon)
 }
 
 /// The shape of a convolution: input `[n, c, h, w]`, `c_out` filters of
@@ -759,6 +962,36 @@ impl CpuLayers for Flex {
         tensor(scale_shift(values(&x), c, hw, &scale, &shift), shape)
     }
 
+    fn cpu_batch_norm_pool2_relu_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> BatchNormOut<Flex> {
+        bn_pool_forward(x, gamma, beta, epsilon).0
+    }
+
+    fn cpu_batch_norm_pool2_relu_eval(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        if !is_f32(&x) {
+            let y = Flex::batch_norm(x, gamma, beta, mean, variance, epsilon);
+            return Flex::relu(Flex::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], false));
+        }
+        launched();
+        let [n, c, h, w] = x.shape().dims::<4>();
+        let x = contiguous(x);
+        let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(contiguous);
+        let (gamma, beta, mean, variance) = (values(&gamma), values(&beta), values(&mean), values(&variance));
+        let out = batch_norm_pool2_relu_eval(values(&x), n, c, h, w, gamma, beta, mean, variance, epsilon);
+        tensor(out, Shape::new([n, c, h / 2, w / 2]))
+    }
+
     fn cpu_max_pool2_relu(x: FlexTensor) -> FlexTensor {
         pool_forward(x).0
     }
@@ -790,6 +1023,33 @@ fn conv_forward(
     (tensor(out, Shape::new([n, c_out, oh, ow])), Some((x, s)))
 }
 
+/// The output of batch norm + pooling + ReLU with the batch statistics
+/// and, where our kernel ran, where each output's gradient goes (`None`
+/// where Burn's layers ran because the input is not `f32`).
+fn bn_pool_forward(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    epsilon: f64,
+) -> (BatchNormOut<Flex>, Option<Arc<Vec<u8>>>) {
+    if !is_f32(&x) {
+        let r = Flex::batch_norm_train(x, gamma, beta, epsilon);
+        let pooled = Flex::max_pool2d(r.output, [2, 2], [2, 2], [0, 0], [1, 1], false);
+        return (BatchNormOut { output: Flex::relu(pooled), mean: r.mean, variance: r.variance }, None);
+    }
+    launched();
+    let [n, c, h, w] = x.shape().dims::<4>();
+    let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+    let (out, arg, mean, var) =
+        batch_norm_pool2_relu_train(values(&x), n, c, h, w, values(&gamma), values(&beta), epsilon);
+    let out = BatchNormOut {
+        output: tensor(out, Shape::new([n, c, h / 2, w / 2])),
+        mean: tensor(mean, Shape::new([c])),
+        variance: tensor(var, Shape::new([c])),
+    };
+    (out, Some(Arc::new(arg)))
+}
+
 /// The pooled output and where each output's gradient goes (`None` where
 /// Burn's own layers ran because the input is not `f32`).
 fn pool_forward(x: FlexTensor) -> (FlexTensor, Option<Arc<Vec<u8>>>) {
@@ -819,6 +1079,42 @@ impl Backward<Flex, 3> for BatchNormBackward {
         let (n, c, hw) = nchw(&shape);
         let (dx, dgamma, dbeta) =
             batch_norm_backward(values(&x), values(&grad), n, c, hw, values(&gamma), &mean, &var, epsilon);
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(dx, shape));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(dgamma, Shape::new([c])));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(dbeta, Shape::new([c])));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BatchNormPoolBackward;
+
+impl Backward<Flex, 3> for BatchNormPoolBackward {
+    /// The input, gamma, the batch statistics, epsilon, and where each
+    /// pooled output's gradient goes.
+    type State = (FlexTensor, FlexTensor, Vec<f32>, Vec<f32>, f64, Arc<Vec<u8>>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, gamma, mean, var, epsilon, arg) = ops.state;
+        let shape = x.shape();
+        let [n, c, h, w] = shape.dims::<4>();
+        let (dx, dgamma, dbeta) = batch_norm_pool2_relu_backward(
+            values(&x),
+            values(&grad),
+            &arg,
+            (n, c, h, w),
+            values(&gamma),
+            &mean,
+            &var,
+            epsilon,
+        );
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, tensor(dx, shape));
         }
@@ -915,6 +1211,53 @@ impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
         // Rare on an autodiff device (a frozen layer): Burn's differentiable
         // composition is correct for every input that may be tracked.
         <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon)
+    }
+
+    fn cpu_batch_norm_pool2_relu_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOut<Self> {
+        let constant = FloatTensor::<Self>::new;
+        if !is_f32(x.primitive()) {
+            let r = <Self as ModuleOps<Self>>::batch_norm_train(x, gamma, beta, epsilon);
+            let pooled = <Self as ModuleOps<Self>>::max_pool2d(r.output, [2, 2], [2, 2], [0, 0], [1, 1], false);
+            let output = <Self as ActivationOps<Self>>::relu(pooled);
+            return BatchNormOut { output, mean: r.mean, variance: r.variance };
+        }
+        match BatchNormPoolBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (xp, gp) = (contiguous(x.into_primitive()), contiguous(gamma.into_primitive()));
+                let (r, arg) = bn_pool_forward(xp.clone(), gp.clone(), beta.into_primitive(), epsilon);
+                let arg = arg.expect("an f32 input runs our kernel");
+                let state = (xp, gp, values(&r.mean).to_vec(), values(&r.variance).to_vec(), epsilon, arg);
+                BatchNormOut {
+                    output: prep.finish(state, r.output),
+                    mean: constant(r.mean),
+                    variance: constant(r.variance),
+                }
+            }
+            OpsKind::UnTracked(prep) => {
+                let (r, _) =
+                    bn_pool_forward(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                BatchNormOut { output: prep.finish(r.output), mean: constant(r.mean), variance: constant(r.variance) }
+            }
+        }
+    }
+
+    fn cpu_batch_norm_pool2_relu_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        // As for batch norm alone: Burn's differentiable composition.
+        let y = <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon);
+        let pooled = <Self as ModuleOps<Self>>::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], false);
+        <Self as ActivationOps<Self>>::relu(pooled)
     }
 
     fn cpu_max_pool2_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
