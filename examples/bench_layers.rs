@@ -6,12 +6,13 @@
 //! cargo run --release --example bench_layers -- [batch] [iters]
 //! ```
 //! Prints milliseconds per forward and per forward + backward for every
-//! conv, batch norm and max pooling + ReLU of the network as the model runs
-//! them (through our kernels in `h2e::kernels::cpu`), Burn's own layers
-//! beside them, and the sums of ours.
+//! conv and every batch norm + max pooling + ReLU block of the network as
+//! the model runs them (through our kernels in `h2e::kernels::cpu`), Burn's
+//! own layers and our unfused kernels beside them, and the sums of ours.
 
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
@@ -40,6 +41,7 @@ fn main() {
     let ad = device.clone().autodiff();
     let shapes = [(1usize, 32usize, 28usize), (32, 64, 14), (64, 128, 7)];
     let mut total = (0.0, 0.0);
+    let mut inference = 0.0;
     // Forward alone, then forward + backward (from a sum) of `layer`.
     let mut measure = |name: String, layer: &dyn Fn() -> Tensor<4>| {
         let fwd = time(iters, &ad, || {
@@ -49,7 +51,7 @@ fn main() {
             let _ = layer().sum().backward();
         });
         println!("{name:<32} fwd {fwd:8.2} ms   fwd+bwd {both:8.2} ms");
-        if !name.starts_with("  burn") {
+        if !name.starts_with("  ") {
             total.0 += fwd;
             total.1 += both;
         }
@@ -66,13 +68,27 @@ fn main() {
         measure(format!("  burn's conv {cin}->{cout} @{side}"), &|| conv.forward(x.clone()));
 
         let bn = BatchNormConfig::new(cout).init(&ad);
-        let y = Tensor::<4>::random([n, cout, side, side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
-        measure(format!("batch norm {cout} @{side}"), &|| cpu::batch_norm(&bn, y.clone()));
-        measure(format!("  burn's batch norm {cout} @{side}"), &|| bn.forward(y.clone()));
-
         let pool = MaxPool2dConfig::new([2, 2]).init();
-        measure(format!("max pool 2 + relu {cout} @{side}"), &|| cpu::max_pool2_relu(&pool, y.clone()));
-        measure(format!("  burn's max pool + relu {cout} @{side}"), &|| relu(pool.forward(y.clone())));
+        let y = Tensor::<4>::random([n, cout, side, side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        measure(format!("bn + pool 2 + relu {cout} @{side}"), &|| cpu::batch_norm_pool2_relu(&bn, &pool, y.clone()));
+        measure(format!("  burn's bn + pool + relu {cout} @{side}"), &|| relu(pool.forward(bn.forward(y.clone()))));
+        // The two kernels the fused one replaces (ResNet still uses the
+        // batch norm).
+        measure(format!("  our bn, then pool 2 + relu {cout} @{side}"), &|| {
+            cpu::max_pool2_relu(&pool, cpu::batch_norm(&bn, y.clone()))
+        });
+        // Inference (a plain device): the whole block in one kernel, and
+        // the convolution then the rest.
+        let (conv, bn, xi) = (conv.valid(), bn.valid(), x.clone().inner());
+        let fused = time(iters, &device, || {
+            let _ = cpu::conv_bn_pool2_relu(&conv, &bn, &pool, xi.clone());
+        });
+        let apart = time(iters, &device, || {
+            let _ = cpu::batch_norm_pool2_relu(&bn, &pool, cpu::conv2d(&conv, xi.clone()));
+        });
+        println!("inference block {cin}->{cout} @{side}: fused {fused:8.2} ms   conv, then the rest {apart:8.2} ms");
+        inference += fused;
     }
+    println!("inference, the three blocks: {inference:.2} ms");
     println!("{:<28} fwd {:8.2} ms   fwd+bwd {:8.2} ms (each backward includes a sum)", "total", total.0, total.1);
 }

@@ -83,11 +83,10 @@ impl ConvBn {
         relu(self.linear(x))
     }
 
-    /// `relu(pool(batch_norm(conv(x))))`; on `flex` the last three are one
-    /// kernel of ours.
+    /// `relu(pool(batch_norm(conv(x))))`; on `flex` one or two kernels of
+    /// ours.
     fn pooled(&self, pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
-        use crate::kernels::cpu;
-        cpu::batch_norm_pool2_relu(&self.bn, pool, cpu::conv2d(&self.conv, x))
+        crate::kernels::cpu::conv_bn_pool2_relu(&self.conv, &self.bn, pool, x)
     }
 }
 

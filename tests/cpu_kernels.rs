@@ -441,3 +441,51 @@ fn fused_block_layer_trains_running_statistics_and_infers_like_burns_layers() {
     let a = values(cpu::batch_norm_pool2_relu(&valid_ours, &wide, x.clone()));
     close(a, values(relu(wide.forward(valid_burn.forward(x)))), 1e-5, "3x3 pooling");
 }
+
+#[test]
+fn fused_inference_block_matches_the_unfused_kernels_bit_for_bit_and_burn() {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::PaddingConfig2d;
+    let device = flex();
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    // (input, c_out, kernel, stride, padding): the small CNN's three blocks
+    // at small batches, odd sides (the pooling drops a row and a column), a
+    // strided and an unpadded convolution, a batch split into chunks with a
+    // remainder, and an output too small to pool.
+    let cases = [
+        ([3, 1, 28, 28], 8, 3, 1, 1),
+        ([2, 8, 14, 14], 16, 3, 1, 1),
+        ([2, 16, 7, 7], 12, 3, 1, 1),
+        ([2, 3, 11, 9], 5, 3, 2, 1),
+        ([2, 2, 6, 6], 3, 3, 1, 0),
+        ([3, 16, 26, 26], 3, 3, 1, 1),
+        ([2, 2, 3, 3], 4, 3, 1, 0),
+    ];
+    for (k, (shape, c_out, kernel, stride, pad)) in cases.into_iter().enumerate() {
+        device.seed(200 + k as u64);
+        let conv = Conv2dConfig::new([shape[1], c_out], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_bias(false)
+            .init(&device);
+        // Trained-looking statistics and a gamma with both signs.
+        let mut bn = BatchNormConfig::new(c_out).init(&device);
+        bn.gamma = bn.gamma.map(|_| Tensor::<1>::random([c_out], Distribution::Uniform(-1.5, 1.5), &device));
+        bn.beta = bn.beta.map(|_| Tensor::<1>::random([c_out], Distribution::Normal(0.0, 0.5), &device));
+        bn.running_mean.update(Tensor::<1>::random([c_out], Distribution::Normal(0.0, 0.5), &device));
+        bn.running_var.update(Tensor::<1>::random([c_out], Distribution::Uniform(0.5, 2.0), &device));
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let before = cpu::launches();
+        let fused = values(cpu::conv_bn_pool2_relu(&conv, &bn, &pool, x.clone()));
+        assert!(cpu::launches() > before, "case {k}: our kernel did not run");
+        let unfused = values(cpu::batch_norm_pool2_relu(&bn, &pool, cpu::conv2d(&conv, x.clone())));
+        assert_eq!(fused.len(), unfused.len(), "case {k}: sizes");
+        let differ = fused.iter().zip(&unfused).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "case {k} {shape:?}: {differ} values differ from the unfused kernels");
+        let burn = relu(pool.forward(bn.forward(conv.forward(x))));
+        close(fused.clone(), values(burn), 1e-5, &format!("case {k} {shape:?}: against Burn"));
+        if !fused.is_empty() {
+            assert!(fused.iter().any(|v| *v > 0.0) && fused.contains(&0.0), "case {k}: ReLU had nothing to do");
+        }
+    }
+}

@@ -107,6 +107,22 @@ pub trait CpuLayers: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self>;
 
+    /// `relu(max_pool2d(batch_norm(conv2d(x, weight)), 2, stride 2))` with
+    /// given (running) statistics: the small CNN's block at inference. The
+    /// convolution as in [`CpuLayers::cpu_conv2d`], `[stride, padding]` per axis
+    /// (height, width).
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_conv_bn_pool2_relu_eval(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        conv: [[usize; 2]; 2],
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
     /// `relu(max_pool2d(x, 2, stride 2))` of a `[n, c, h, w]` input (odd
     /// sides drop their last row or column, as Burn's pooling does).
     fn cpu_max_pool2_relu(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -239,34 +255,55 @@ pub fn max_pool2_relu(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
 /// bias, one group, no dilation and symmetric padding (every convolution
 /// of our backbones); Burn's layer otherwise.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    match ours(conv, &x) {
+        Some([[sh, sw], [ph, pw]]) => Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_conv2d(
+            x.into_dispatch(),
+            conv.weight.val().into_dispatch(),
+            sh,
+            sw,
+            ph,
+            pw,
+        )),
+        None => conv.forward(x),
+    }
+}
+
+/// `[stride, padding]` of `conv` when our kernel covers it for `x`.
+fn ours(conv: &Conv2d, x: &Tensor<4>) -> Option<[[usize; 2]; 2]> {
     let [_, c, h, w] = x.dims();
     let [_, cin, kh, kw] = conv.weight.dims();
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => Some((0, 0)),
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => Some((top, left)),
-        _ => None,
+    let (ph, pw) = match conv.padding {
+        PaddingConfig2d::Valid => (0, 0),
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => (top, left),
+        _ => return None,
     };
-    let fits = |(ph, pw): (usize, usize)| h + 2 * ph >= kh && w + 2 * pw >= kw;
-    match padding {
-        Some(pad)
-            if runs_here(&x)
-                && conv.bias.is_none()
-                && conv.groups == 1
-                && conv.dilation == [1, 1]
-                && c == cin
-                && fits(pad) =>
-        {
-            Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_conv2d(
-                x.into_dispatch(),
-                conv.weight.val().into_dispatch(),
-                conv.stride[0],
-                conv.stride[1],
-                pad.0,
-                pad.1,
-            ))
-        }
-        _ => conv.forward(x),
-    }
+    let fits = h + 2 * ph >= kh && w + 2 * pw >= kw;
+    let plain = conv.bias.is_none() && conv.groups == 1 && conv.dilation == [1, 1];
+    (runs_here(x) && plain && c == cin && fits).then_some([conv.stride, [ph, pw]])
+}
+
+/// `relu(pool.forward(bn.forward(conv.forward(x))))`, the small CNN's
+/// block: at inference on `flex` (a plain device) one kernel of ours that
+/// keeps the convolution's output in cache; otherwise [`conv2d`] then
+/// [`batch_norm_pool2_relu`]. The same values either way on `flex`, bit for
+/// bit.
+pub fn conv_bn_pool2_relu(conv: &Conv2d, bn: &BatchNorm, pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    let fused = ours(conv, &x)
+        .filter(|_| !x.device().is_autodiff() && conv.weight.dims()[0] == bn.gamma.dims()[0] && is_pool2(pool));
+    let Some(params) = fused else {
+        return batch_norm_pool2_relu(bn, pool, conv2d(conv, x));
+    };
+    let device = x.device();
+    Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_conv_bn_pool2_relu_eval(
+        x.into_dispatch(),
+        conv.weight.val().into_dispatch(),
+        params,
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        bn.running_mean.value().to_device(&device).into_dispatch(),
+        bn.running_var.value().to_device(&device).into_dispatch(),
+        bn.epsilon,
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -473,41 +510,53 @@ fn affine_pool2_relu<const ARG: bool>(
     w: usize,
     ab: impl Fn(usize) -> (f32, f32) + Sync,
 ) -> (Vec<f32>, Vec<u8>) {
-    let (oh, ow) = (h / 2, w / 2);
-    let ohw = oh * ow;
+    let ohw = (h / 2) * (w / 2);
     let mut out = vec![0f32; planes * ohw];
-    // Without `ARG`, one unused byte per plane keeps the loop the same.
-    let per_plane = if ARG { ohw } else { 1 };
-    let mut arg = vec![NO_GRAD; planes * per_plane];
+    let mut arg = if ARG { vec![NO_GRAD; planes * ohw] } else { Vec::new() };
     if ohw == 0 {
-        return (out, if ARG { arg } else { Vec::new() });
+        return (out, arg);
     }
-    out.par_chunks_mut(ohw).zip(arg.par_chunks_mut(per_plane)).enumerate().with_min_len(8).for_each(|(p, (o, a))| {
-        let src = &x[p * h * w..(p + 1) * h * w];
-        let (sa, sb) = ab(p);
-        for oy in 0..oh {
-            let r0 = &src[2 * oy * w..][..2 * ow];
-            let r1 = &src[(2 * oy + 1) * w..][..2 * ow];
-            for ox in 0..ow {
-                let v = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]].map(|v| v * sa + sb);
-                // The first maximum in window order, as a scan with `>`.
-                let (m0, k0) = if v[1] > v[0] { (v[1], 1) } else { (v[0], 0) };
-                let (m1, k1) = if v[3] > v[2] { (v[3], 3) } else { (v[2], 2) };
-                let (m, k) = if m1 > m0 { (m1, k1) } else { (m0, k0) };
-                let i = oy * ow + ox;
-                if m > 0.0 {
-                    o[i] = m;
-                    if ARG {
-                        a[i] = k;
-                    }
+    let src = |p: usize| &x[p * h * w..(p + 1) * h * w];
+    if ARG {
+        out.par_chunks_mut(ohw)
+            .zip(arg.par_chunks_mut(ohw))
+            .enumerate()
+            .with_min_len(8)
+            .for_each(|(p, (o, a))| pool_plane::<true>(src(p), w, ab(p), o, a));
+    } else {
+        out.par_chunks_mut(ohw)
+            .enumerate()
+            .with_min_len(8)
+            .for_each(|(p, o)| pool_plane::<false>(src(p), w, ab(p), o, &mut []));
+    }
+    (out, arg)
+}
+
+/// One plane of [`affine_pool2_relu`]: `src` `w` wide into `o` (`h/2 x
+/// w/2`) and, when `ARG`, where each output's gradient goes into `a`.
+#[inline]
+fn pool_plane<const ARG: bool>(src: &[f32], w: usize, (sa, sb): (f32, f32), o: &mut [f32], a: &mut [u8]) {
+    let ow = w / 2;
+    if ow == 0 {
+        return;
+    }
+    for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
+        let r0 = &src[2 * oy * w..][..2 * ow];
+        let r1 = &src[(2 * oy + 1) * w..][..2 * ow];
+        for (ox, ov) in orow.iter_mut().enumerate() {
+            let v = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]].map(|v| v * sa + sb);
+            // The first maximum in window order, as a scan with `>`.
+            let (m0, k0) = if v[1] > v[0] { (v[1], 1) } else { (v[0], 0) };
+            let (m1, k1) = if v[3] > v[2] { (v[3], 3) } else { (v[2], 2) };
+            let (m, k) = if m1 > m0 { (m1, k1) } else { (m0, k0) };
+            if m > 0.0 {
+                *ov = m;
+                if ARG {
+                    a[oy * ow + ox] = k;
                 }
             }
         }
-    });
-    if !ARG {
-        arg.clear();
     }
-    (out, arg)
 }
 
 /// The input gradient of [`max_pool2_relu_forward`] from the output's.
@@ -826,6 +875,37 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
     out
 }
 
+/// The small CNN's block at inference: the convolution of `x` by `weight`,
+/// then `x * scale[c] + shift[c]` (batch norm with given statistics), 2x2
+/// max pooling and ReLU: `[n, c_out, oh/2, ow/2]`. The convolution's output
+/// stays in each chunk's buffer (in cache) and only the pooled planes are
+/// written; the values are those of [`conv2d_forward`], [`scale_shift`]
+/// and [`max_pool2_relu_forward`] one after the other, bit for bit.
+pub fn conv_bn_pool2_relu_eval(x: &[f32], weight: &[f32], s: &ConvShape, scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let (oh, ow) = s.out();
+    let (ohw, pohw, k) = (oh * ow, (oh / 2) * (ow / 2), s.k());
+    let mut out = vec![0f32; s.n * s.c_out * pohw];
+    if out.is_empty() {
+        return out;
+    }
+    let per = chunk(s);
+    let par = gemm_threads(s.n.div_ceil(per));
+    let scratch = || (Vec::<f32>::new(), Vec::<f32>::new());
+    out.par_chunks_mut(per * s.c_out * pohw).enumerate().for_each_init(scratch, |(cols, y), (i, o)| {
+        let count = o.len() / (s.c_out * pohw);
+        let cols_n = count * ohw;
+        cols.resize(k * cols_n, 0.0);
+        y.resize(s.c_out * cols_n, 0.0);
+        im2col_into(x, s, i * per, count, cols);
+        matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
+        for (p, op) in o.chunks_exact_mut(pohw).enumerate() {
+            let (j, co) = (p / s.c_out, p % s.c_out);
+            pool_plane::<false>(&y[co * cols_n + j * ohw..][..ohw], ow, (scale[co], shift[co]), op, &mut []);
+        }
+    });
+    out
+}
+
 /// Gradients of [`conv2d_forward`] from the output's (`[n, c_out, oh, ow]`):
 /// the input's (when `need_x`) and the weight's (when `need_weight`). Per
 /// chunk of samples: the column matrix again, the weight gradient's share
@@ -990,6 +1070,32 @@ impl CpuLayers for Flex {
         let (gamma, beta, mean, variance) = (values(&gamma), values(&beta), values(&mean), values(&variance));
         let out = batch_norm_pool2_relu_eval(values(&x), n, c, h, w, gamma, beta, mean, variance, epsilon);
         tensor(out, Shape::new([n, c, h / 2, w / 2]))
+    }
+
+    fn cpu_conv_bn_pool2_relu_eval(
+        x: FlexTensor,
+        weight: FlexTensor,
+        [stride, pad]: [[usize; 2]; 2],
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        if !is_f32(&x) || !is_f32(&weight) {
+            let y = conv_forward(x, weight, stride, pad).0;
+            return Flex::cpu_batch_norm_pool2_relu_eval(y, gamma, beta, mean, variance, epsilon);
+        }
+        launched();
+        let [n, c, h, w] = x.shape().dims::<4>();
+        let [c_out, _, kh, kw] = weight.shape().dims::<4>();
+        let s = ConvShape { n, c, h, w, c_out, kh, kw, stride, pad };
+        let (x, weight) = (contiguous(x), contiguous(weight));
+        let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(contiguous);
+        let (scale, shift) = affine(values(&gamma), values(&beta), values(&mean), values(&variance), epsilon);
+        let out = conv_bn_pool2_relu_eval(values(&x), values(&weight), &s, &scale, &shift);
+        let (oh, ow) = s.out();
+        tensor(out, Shape::new([n, c_out, oh / 2, ow / 2]))
     }
 
     fn cpu_max_pool2_relu(x: FlexTensor) -> FlexTensor {
@@ -1258,6 +1364,21 @@ impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
         let y = <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon);
         let pooled = <Self as ModuleOps<Self>>::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], false);
         <Self as ActivationOps<Self>>::relu(pooled)
+    }
+
+    fn cpu_conv_bn_pool2_relu_eval(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        [[sh, sw], [ph, pw]]: [[usize; 2]; 2],
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        // The two differentiable steps.
+        let y = Self::cpu_conv2d(x, weight, sh, sw, ph, pw);
+        Self::cpu_batch_norm_pool2_relu_eval(y, gamma, beta, mean, variance, epsilon)
     }
 
     fn cpu_max_pool2_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
