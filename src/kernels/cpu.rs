@@ -863,8 +863,16 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
         let count = o.len() / (s.c_out * ohw);
         let cols_n = count * ohw;
         cols.resize(k * cols_n, 0.0);
-        y.resize(s.c_out * cols_n, 0.0);
         im2col_into(x, s, i * per, count, cols);
+        if k < 64 {
+            // Few multiply-adds per output (the first layer's 9): one GEMM
+            // per sample, straight into place, beats copying the output.
+            for (j, oj) in o.chunks_exact_mut(s.c_out * ohw).enumerate() {
+                matmul((s.c_out, ohw, k), oj, ohw, weight, (k, 1), &cols[j * ohw..], (cols_n, 1), par);
+            }
+            return;
+        }
+        y.resize(s.c_out * cols_n, 0.0);
         matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
         for j in 0..count {
             for co in 0..s.c_out {
