@@ -691,6 +691,18 @@ impl ConvShape {
         (o * stride + k).checked_sub(pad).filter(|&i| i < size)
     }
 
+    /// For a stride-1 convolution whose output has the input's size, and
+    /// kernel offset `(ky, kx)`: the output rows and columns whose input
+    /// lies inside the image, and the offset from an output element's index
+    /// in its plane to its input element's.
+    fn same_offsets(&self, ky: usize, kx: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>, isize) {
+        let hi = (self.h + self.pad[0]).saturating_sub(ky).min(self.h);
+        let oys = self.pad[0].saturating_sub(ky).min(hi)..hi;
+        let oxs = self.valid_ox(kx, self.w);
+        let dy = ky as isize - self.pad[0] as isize;
+        (oys, oxs, dy * self.w as isize + kx as isize - self.pad[1] as isize)
+    }
+
     /// The output columns `ox` whose input column `ox * sw + kx - pw` lies
     /// inside the image, as a range.
     fn valid_ox(&self, kx: usize, ow: usize) -> std::ops::Range<usize> {
@@ -712,6 +724,9 @@ fn im2col_into(x: &[f32], s: &ConvShape, n0: usize, count: usize, out: &mut [f32
     let cols = count * ohw;
     if cols == 0 {
         return;
+    }
+    if s.stride == [1, 1] && (oh, ow) == (s.h, s.w) {
+        return im2col_same(x, s, n0, count, out);
     }
     for (r, row) in out.chunks_mut(cols).enumerate() {
         let (ci, ky, kx) = (r / (s.kh * s.kw), r / s.kw % s.kh, r % s.kw);
@@ -740,14 +755,53 @@ fn im2col_into(x: &[f32], s: &ConvShape, n0: usize, count: usize, out: &mut [f32
     }
 }
 
+/// [`im2col_into`] for a stride-1 convolution whose output has the
+/// input's size (padding `(k - 1) / 2`, the 3x3 layers'): a row of the
+/// column matrix is then the sample's plane shifted by a constant offset,
+/// so each (row, sample) is one block copy, and the few elements the shift
+/// brings round from the neighbouring image row (where the window leaves
+/// the image at the sides) are cleared after it.
+fn im2col_same(x: &[f32], s: &ConvShape, n0: usize, count: usize, out: &mut [f32]) {
+    let hw = s.h * s.w;
+    let w = s.w;
+    for (r, row) in out.chunks_mut(count * hw).enumerate() {
+        let (ci, ky, kx) = (r / (s.kh * s.kw), r / s.kw % s.kh, r % s.kw);
+        let (oys, oxs, shift) = s.same_offsets(ky, kx);
+        let (left, right) = (oxs.start, w - oxs.end);
+        for (j, dst) in row.chunks_exact_mut(hw).enumerate() {
+            if oys.is_empty() || oxs.is_empty() {
+                dst.fill(0.0);
+                continue;
+            }
+            let plane = &x[((n0 + j) * s.c + ci) * hw..][..hw];
+            let (t0, t1) = (oys.start * w + left, oys.end * w - right);
+            dst[..t0].fill(0.0);
+            dst[t1..].fill(0.0);
+            let s0 = (t0 as isize + shift) as usize;
+            dst[t0..t1].copy_from_slice(&plane[s0..s0 + (t1 - t0)]);
+            if left + right > 0 {
+                for oy in oys.clone() {
+                    dst[oy * w..oy * w + left].fill(0.0);
+                    dst[(oy + 1) * w - right..(oy + 1) * w].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
 /// Adds the input gradient of `count` samples from their column matrix's
 /// (the adjoint of [`im2col_into`]) into `dx` (`[count, c, h, w]`).
-fn col2im_add(dcols: &[f32], s: &ConvShape, count: usize, dx: &mut [f32]) {
+/// `dcols` is scratch: the stride-1 same-size case clears the elements
+/// that no input receives.
+fn col2im_add(dcols: &mut [f32], s: &ConvShape, count: usize, dx: &mut [f32]) {
     let (oh, ow) = s.out();
     let ohw = oh * ow;
     let cols = count * ohw;
     if cols == 0 || s.h * s.w == 0 {
         return;
+    }
+    if s.stride == [1, 1] && (oh, ow) == (s.h, s.w) {
+        return col2im_same(dcols, s, count, dx);
     }
     for (p, plane) in dx.chunks_mut(s.h * s.w).enumerate() {
         let (j, ci) = (p / s.c, p % s.c);
@@ -770,6 +824,41 @@ fn col2im_add(dcols: &[f32], s: &ConvShape, count: usize, dx: &mut [f32]) {
                             dst[ox * s.stride[1] + kx - s.pad[1]] += src[ox];
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im_add`] for the case of [`im2col_same`]: per plane and kernel
+/// offset, one block addition of the shifted row, after clearing the
+/// elements the shift would bring round from the neighbouring image row
+/// (the zeros of the column matrix). Each input element receives the same
+/// terms in the same order as in the general case.
+fn col2im_same(dcols: &mut [f32], s: &ConvShape, count: usize, dx: &mut [f32]) {
+    let (hw, w) = (s.h * s.w, s.w);
+    let cols = count * hw;
+    for (p, plane) in dx.chunks_mut(hw).enumerate() {
+        let (j, ci) = (p / s.c, p % s.c);
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let (oys, oxs, shift) = s.same_offsets(ky, kx);
+                if oys.is_empty() || oxs.is_empty() {
+                    continue;
+                }
+                let r = (ci * s.kh + ky) * s.kw + kx;
+                let row = &mut dcols[r * cols + j * hw..][..hw];
+                let (left, right) = (oxs.start, w - oxs.end);
+                if left + right > 0 {
+                    for oy in oys.clone() {
+                        row[oy * w..oy * w + left].fill(0.0);
+                        row[(oy + 1) * w - right..(oy + 1) * w].fill(0.0);
+                    }
+                }
+                let (t0, t1) = (oys.start * w + left, oys.end * w - right);
+                let s0 = (t0 as isize + shift) as usize;
+                for (d, &g) in plane[s0..s0 + (t1 - t0)].iter_mut().zip(&row[t0..t1]) {
+                    *d += g;
                 }
             }
         }
