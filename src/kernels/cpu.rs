@@ -534,28 +534,42 @@ fn affine_pool2_relu<const ARG: bool>(
 
 /// One plane of [`affine_pool2_relu`]: `src` `w` wide into `o` (`h/2 x
 /// w/2`) and, when `ARG`, where each output's gradient goes into `a`.
+/// Branch-free, so that the loops vectorise.
 #[inline]
-fn pool_plane<const ARG: bool>(src: &[f32], w: usize, (sa, sb): (f32, f32), o: &mut [f32], a: &mut [u8]) {
+fn pool_plane<const ARG: bool>(src: &[f32], w: usize, ab: (f32, f32), o: &mut [f32], a: &mut [u8]) {
     let ow = w / 2;
     if ow == 0 {
         return;
     }
     for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
-        let r0 = &src[2 * oy * w..][..2 * ow];
-        let r1 = &src[(2 * oy + 1) * w..][..2 * ow];
-        for (ox, ov) in orow.iter_mut().enumerate() {
-            let v = [r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]].map(|v| v * sa + sb);
-            // The first maximum in window order, as a scan with `>`.
-            let (m0, k0) = if v[1] > v[0] { (v[1], 1) } else { (v[0], 0) };
-            let (m1, k1) = if v[3] > v[2] { (v[3], 3) } else { (v[2], 2) };
-            let (m, k) = if m1 > m0 { (m1, k1) } else { (m0, k0) };
-            if m > 0.0 {
-                *ov = m;
-                if ARG {
-                    a[oy * ow + ox] = k;
-                }
+        let r0 = src[2 * oy * w..][..2 * ow].chunks_exact(2);
+        let r1 = src[(2 * oy + 1) * w..][..2 * ow].chunks_exact(2);
+        if ARG {
+            let arow = &mut a[oy * ow..][..ow];
+            for (((p, q), ov), av) in r0.zip(r1).zip(orow.iter_mut()).zip(arow.iter_mut()) {
+                (*ov, *av) = window(p, q, ab);
+            }
+        } else {
+            for ((p, q), ov) in r0.zip(r1).zip(orow.iter_mut()) {
+                *ov = window(p, q, ab).0;
             }
         }
+    }
+}
+
+/// `relu` of the maximum of the 2x2 window `[p0, p1; q0, q1]` after
+/// `v * a + b`, and where its gradient goes: the first maximum in window
+/// order (as a scan with `>`), [`NO_GRAD`] when ReLU clips it.
+#[inline(always)]
+fn window(p: &[f32], q: &[f32], (sa, sb): (f32, f32)) -> (f32, u8) {
+    let v = [p[0], p[1], q[0], q[1]].map(|v| v * sa + sb);
+    let (m0, k0) = if v[1] > v[0] { (v[1], 1) } else { (v[0], 0) };
+    let (m1, k1) = if v[3] > v[2] { (v[3], 3) } else { (v[2], 2) };
+    let (m, k) = if m1 > m0 { (m1, k1) } else { (m0, k0) };
+    if m > 0.0 {
+        (m, k)
+    } else {
+        (0.0, NO_GRAD)
     }
 }
 
