@@ -588,19 +588,28 @@ pub fn max_pool2_relu_backward(dy: &[f32], arg: &[u8], planes: usize, h: usize, 
 
 /// One plane of [`max_pool2_relu_backward`]: the pooled gradient `g`
 /// scattered to where `arg` says into `d` (the input plane, `w` wide),
-/// zero elsewhere.
+/// zero elsewhere. Every element of `d` is written once, by selects.
 fn scatter_plane(g: &[f32], arg: &[u8], w: usize, d: &mut [f32]) {
-    d.fill(0.0);
     let ow = w / 2;
     if ow == 0 {
+        d.fill(0.0);
         return;
     }
-    for (i, (&gv, &k)) in g.iter().zip(arg).enumerate() {
-        if k < NO_GRAD {
-            let (oy, ox, k) = (i / ow, i % ow, k as usize);
-            d[(2 * oy + k / 2) * w + 2 * ox + k % 2] = gv;
+    let oh = g.len() / ow;
+    for ((rows, gs), ks) in d.chunks_exact_mut(2 * w).zip(g.chunks_exact(ow)).zip(arg.chunks_exact(ow)) {
+        let (top, bottom) = rows.split_at_mut(w);
+        let pick = |k: u8, at: u8, v: f32| if k == at { v } else { 0.0 };
+        for (((t, b), &gv), &k) in top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2)).zip(gs).zip(ks) {
+            t[0] = pick(k, 0, gv);
+            t[1] = pick(k, 1, gv);
+            b[0] = pick(k, 2, gv);
+            b[1] = pick(k, 3, gv);
+        }
+        if w % 2 == 1 {
+            (top[w - 1], bottom[w - 1]) = (0.0, 0.0);
         }
     }
+    d[2 * oh * w..].fill(0.0);
 }
 
 /// Training-mode batch norm followed by 2x2 max pooling and ReLU, of
