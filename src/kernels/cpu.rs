@@ -35,6 +35,7 @@
 //! kernel is checked against Burn's layers, and the convolution also
 //! against a plain `f64` reference, in `tests/cpu_kernels.rs`.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -475,16 +476,21 @@ fn bn_backward(
             (k, mdy, mdyx, mean[ci])
         })
         .collect();
-    let mut dx = vec![0f32; x.len()];
+    // Written once, element by element, so never cleared first.
+    let mut dx = Vec::with_capacity(x.len());
     if hw > 0 {
-        dx.par_chunks_mut(hw).enumerate().with_min_len(8).for_each_init(Vec::new, |scratch, (p, o)| {
+        let planes = dx.spare_capacity_mut()[..x.len()].par_chunks_mut(hw);
+        planes.enumerate().with_min_len(8).for_each_init(Vec::new, |scratch, (p, o)| {
             let (k, mdy, mdyx, m) = coef[p % c];
             let gs = dy.plane(p, scratch);
             for ((ov, &xv), &gv) in o.iter_mut().zip(&x[p * hw..(p + 1) * hw]).zip(gs) {
-                *ov = k * (gv - mdy - (xv - m) * mdyx);
+                ov.write(k * (gv - mdy - (xv - m) * mdyx));
             }
         });
     }
+    // SAFETY: the planes of `hw` elements tile the first `x.len()` (`n * c
+    // * hw`, none when `hw` is 0), and the loop wrote every element of each.
+    unsafe { dx.set_len(x.len()) };
     (dx, dgamma, dbeta)
 }
 
@@ -968,31 +974,57 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
     }
     let per = chunk(s);
     let par = gemm_threads(s.n.div_ceil(per));
-    // Each rayon job keeps its column matrix and GEMM output between
-    // chunks: both are overwritten whole, so they are never cleared.
-    let scratch = || (Vec::<f32>::new(), Vec::<f32>::new());
-    out.par_chunks_mut(per * s.c_out * ohw).enumerate().for_each_init(scratch, |(cols, y), (i, o)| {
-        let count = o.len() / (s.c_out * ohw);
-        let cols_n = count * ohw;
-        cols.resize(k * cols_n, 0.0);
-        im2col_into(x, s, i * per, count, cols);
-        if k < 64 {
-            // Few multiply-adds per output (the first layer's 9): one GEMM
-            // per sample, straight into place, beats copying the output.
-            for (j, oj) in o.chunks_exact_mut(s.c_out * ohw).enumerate() {
-                matmul((s.c_out, ohw, k), oj, ohw, weight, (k, 1), &cols[j * ohw..], (cols_n, 1), par);
+    out.par_chunks_mut(per * s.c_out * ohw).enumerate().for_each(|(i, o)| {
+        with_scratch(|[cols, y, _]| {
+            let count = o.len() / (s.c_out * ohw);
+            let cols_n = count * ohw;
+            let cols = first(cols, k * cols_n);
+            im2col_into(x, s, i * per, count, cols);
+            if k < 64 {
+                // Few multiply-adds per output (the first layer's 9): one
+                // GEMM per sample, straight into place, beats copying the
+                // output.
+                for (j, oj) in o.chunks_exact_mut(s.c_out * ohw).enumerate() {
+                    matmul((s.c_out, ohw, k), oj, ohw, weight, (k, 1), &cols[j * ohw..], (cols_n, 1), par);
+                }
+                return;
             }
-            return;
-        }
-        y.resize(s.c_out * cols_n, 0.0);
-        matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
-        for j in 0..count {
-            for co in 0..s.c_out {
-                o[(j * s.c_out + co) * ohw..][..ohw].copy_from_slice(&y[co * cols_n + j * ohw..][..ohw]);
+            let y = first(y, s.c_out * cols_n);
+            matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
+            for j in 0..count {
+                for co in 0..s.c_out {
+                    o[(j * s.c_out + co) * ohw..][..ohw].copy_from_slice(&y[co * cols_n + j * ohw..][..ohw]);
+                }
             }
-        }
+        })
     });
     out
+}
+
+thread_local! {
+    /// Each thread's buffers for the convolution kernels (column matrices,
+    /// GEMM outputs, transposed gradients), kept between chunks and calls:
+    /// every use overwrites what it then reads, so they are never cleared.
+    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with this thread's scratch buffers, or with fresh ones when
+/// they are in use further up this thread's stack (a thread waiting on a
+/// parallel GEMM may run another chunk meanwhile).
+fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => f(&mut buffers),
+        Err(_) => f(&mut Default::default()),
+    })
+}
+
+/// The first `len` elements of `v`, grown as needed (with zeros, the only
+/// time they are cleared).
+fn first(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
 }
 
 /// The small CNN's block at inference: the convolution of `x` by `weight`,
@@ -1010,18 +1042,18 @@ pub fn conv_bn_pool2_relu_eval(x: &[f32], weight: &[f32], s: &ConvShape, scale: 
     }
     let per = chunk(s);
     let par = gemm_threads(s.n.div_ceil(per));
-    let scratch = || (Vec::<f32>::new(), Vec::<f32>::new());
-    out.par_chunks_mut(per * s.c_out * pohw).enumerate().for_each_init(scratch, |(cols, y), (i, o)| {
-        let count = o.len() / (s.c_out * pohw);
-        let cols_n = count * ohw;
-        cols.resize(k * cols_n, 0.0);
-        y.resize(s.c_out * cols_n, 0.0);
-        im2col_into(x, s, i * per, count, cols);
-        matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
-        for (p, op) in o.chunks_exact_mut(pohw).enumerate() {
-            let (j, co) = (p / s.c_out, p % s.c_out);
-            pool_plane::<false>(&y[co * cols_n + j * ohw..][..ohw], ow, (scale[co], shift[co]), op, &mut []);
-        }
+    out.par_chunks_mut(per * s.c_out * pohw).enumerate().for_each(|(i, o)| {
+        with_scratch(|[cols, y, _]| {
+            let count = o.len() / (s.c_out * pohw);
+            let cols_n = count * ohw;
+            let (cols, y) = (first(cols, k * cols_n), first(y, s.c_out * cols_n));
+            im2col_into(x, s, i * per, count, cols);
+            matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
+            for (p, op) in o.chunks_exact_mut(pohw).enumerate() {
+                let (j, co) = (p / s.c_out, p % s.c_out);
+                pool_plane::<false>(&y[co * cols_n + j * ohw..][..ohw], ow, (scale[co], shift[co]), op, &mut []);
+            }
+        })
     });
     out
 }
@@ -1047,43 +1079,42 @@ pub fn conv2d_backward(
     let sample = s.c * s.h * s.w;
     let mut dx = need_x.then(|| vec![0f32; s.n * sample]);
     // One chunk: its weight-gradient share, and its input gradient into
-    // `dxc`. The buffers (`dy` transposed, the column matrix and its
-    // gradient) are kept by each rayon job and overwritten whole.
-    let run = |(dyt, cols, dcols): &mut (Vec<f32>, Vec<f32>, Vec<f32>), i: usize, dxc: Option<&mut [f32]>| {
+    // `dxc`, in the scratch buffers (`dy` transposed, the column matrix and
+    // its gradient).
+    let run = |[dyt, cols, dcols]: &mut [Vec<f32>; 3], i: usize, dxc: Option<&mut [f32]>| {
         let n0 = i * per;
         let count = per.min(s.n - n0);
         let cols_n = count * ohw;
         // [count, c_out, ohw] -> [c_out, count * ohw].
-        dyt.resize(s.c_out * cols_n, 0.0);
+        let dyt = first(dyt, s.c_out * cols_n);
         for co in 0..s.c_out {
             for j in 0..count {
                 dyt[co * cols_n + j * ohw..][..ohw].copy_from_slice(&dy[((n0 + j) * s.c_out + co) * ohw..][..ohw]);
             }
         }
         let dw = need_weight.then(|| {
-            cols.resize(k * cols_n, 0.0);
+            let cols = first(cols, k * cols_n);
             im2col_into(x, s, n0, count, cols);
             let mut dw = vec![0f32; s.c_out * k];
             matmul((s.c_out, k, cols_n), &mut dw, k, dyt, (cols_n, 1), cols, (1, cols_n), par);
             dw
         });
         if let Some(dxc) = dxc {
-            dcols.resize(k * cols_n, 0.0);
+            let dcols = first(dcols, k * cols_n);
             matmul((k, cols_n, s.c_out), dcols, cols_n, weight, (1, k), dyt, (cols_n, 1), par);
             col2im_add(dcols, s, count, dxc);
         }
         dw
     };
-    let scratch = || (Vec::new(), Vec::new(), Vec::new());
     // Each chunk's weight-gradient share, summed in chunk order so that a
     // run gives the same bits whatever the threads did.
     let shares: Vec<Option<Vec<f32>>> = match dx.as_mut() {
         Some(dx) if sample > 0 => dx
             .par_chunks_mut(per * sample)
             .enumerate()
-            .map_init(scratch, |scr, (i, dxc)| run(scr, i, Some(dxc)))
+            .map(|(i, dxc)| with_scratch(|scr| run(scr, i, Some(dxc))))
             .collect(),
-        _ => (0..chunks).into_par_iter().map_init(scratch, |scr, i| run(scr, i, None)).collect(),
+        _ => (0..chunks).into_par_iter().map(|i| with_scratch(|scr| run(scr, i, None))).collect(),
     };
     let dw = need_weight.then(|| {
         let mut dw = vec![0f32; s.c_out * k];
