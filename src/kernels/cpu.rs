@@ -1,6 +1,7 @@
 //! Our own CPU kernels for the layers of our backbones on Burn's `flex`
 //! backend: convolution, batch norm (training and inference) and 2x2 max
-//! pooling followed by ReLU, forward and backward.
+//! pooling followed by ReLU, forward and backward, and the small CNN's
+//! block (conv, batch norm, pooling, ReLU) fused.
 //!
 //! Why: on `flex` these layers ran far below what the CPU can do. Its batch
 //! norm is Burn's default composition (two transposing copies to reduce per
@@ -10,30 +11,41 @@
 //! output pixels at 7x7) and its backward through a transposed
 //! convolution. Per layer at the small CNN's shapes, batch 128, forward +
 //! backward on a 2-core VM (`examples/bench_layers.rs`, README, Speed):
-//! conv 32 -> 64 at 14x14 42 ms with Burn's, 16 here; batch norm at 32 x
-//! 28 x 28 45 and 12 ms; pooling + ReLU there 17 and 5 ms.
+//! conv 32 -> 64 at 14x14 42 ms with Burn's, 13 here; batch norm, pooling
+//! and ReLU at 32 x 28 x 28 64 and 6 ms.
 //!
 //! - Batch norm: per-channel mean and variance (two passes, planes summed
 //!   in `f64`), one scale-and-shift pass; backward, two per-channel sums and
 //!   one pass for the input gradient.
 //! - Pooling + ReLU: one pass that keeps, per output, where its gradient
 //!   goes (the window's maximum, or nowhere when ReLU clipped it).
+//! - Batch norm + pooling + ReLU, fused (the small CNN's blocks): the
+//!   normalised tensor is never made; backward, each plane's gradient is
+//!   scattered into a small buffer and goes through the same sums, so the
+//!   values and gradients are those of the two kernels apart, bit for bit.
 //! - Convolution: per chunk of samples whose column matrix (im2col) stays
 //!   near 1 MB, so it is in cache when the GEMM reads it, one GEMM
 //!   `[c_out, c*kh*kw] x [c*kh*kw, chunk*oh*ow]` on the GEMM crate `flex`
-//!   itself uses; chunks run in parallel. Backward rebuilds each chunk's
+//!   itself uses; chunks run in parallel, each thread keeping its buffers.
+//!   For a stride-1 same-size convolution each row of the column matrix is
+//!   the plane shifted, one block copy. Backward rebuilds each chunk's
 //!   column matrix, adds its share of the weight gradient and sends
 //!   `weight^T x dy` back through the adjoint of im2col; nothing is made
 //!   for an input that needs no gradient (the first layer's images).
+//! - At inference the small CNN's whole block is one kernel: each chunk's
+//!   convolution output is normalised, pooled and clipped while in cache.
 //!
 //! How they reach Burn: a backend extension trait, [`CpuLayers`],
 //! implemented for `Flex` (the kernels) and for `Autodiff<Flex>` (the
 //! same kernels forward, and the hand-written backward of each). The
-//! functions [`conv2d`], [`batch_norm`] and [`max_pool2_relu`] take Burn's
-//! layer and route a tensor there when it lives on `flex` as `f32` (and the
-//! layer is one the kernel covers), and to Burn's own layer otherwise, so the wgpu and CUDA paths are unchanged. Every
-//! kernel is checked against Burn's layers, and the convolution also
-//! against a plain `f64` reference, in `tests/cpu_kernels.rs`.
+//! functions [`conv2d`], [`batch_norm`], [`max_pool2_relu`],
+//! [`batch_norm_pool2_relu`] and [`conv_bn_pool2_relu`] take Burn's layers
+//! and route a tensor there when it lives on `flex` as `f32` (and the
+//! layer is one the kernel covers), and to Burn's own layers otherwise, so
+//! the wgpu and CUDA paths are unchanged. Every kernel is checked against
+//! Burn's layers, the fused ones against the unfused bit for bit, and the
+//! convolution also against a plain `f64` reference, in
+//! `tests/cpu_kernels.rs`.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1092,19 +1104,22 @@ pub fn conv2d_backward(
                 dyt[co * cols_n + j * ohw..][..ohw].copy_from_slice(&dy[((n0 + j) * s.c_out + co) * ohw..][..ohw]);
             }
         }
-        let dw = need_weight.then(|| {
+        // The weight gradient's share, transposed: `cols x dy^T`, `[k,
+        // c_out]` (the GEMM runs 17 to 30% faster with the long side as
+        // its rows than `dy x cols^T`).
+        let dwt = need_weight.then(|| {
             let cols = first(cols, k * cols_n);
             im2col_into(x, s, n0, count, cols);
-            let mut dw = vec![0f32; s.c_out * k];
-            matmul((s.c_out, k, cols_n), &mut dw, k, dyt, (cols_n, 1), cols, (1, cols_n), par);
-            dw
+            let mut dwt = vec![0f32; k * s.c_out];
+            matmul((k, s.c_out, cols_n), &mut dwt, s.c_out, cols, (cols_n, 1), dyt, (1, cols_n), par);
+            dwt
         });
         if let Some(dxc) = dxc {
             let dcols = first(dcols, k * cols_n);
             matmul((k, cols_n, s.c_out), dcols, cols_n, weight, (1, k), dyt, (cols_n, 1), par);
             col2im_add(dcols, s, count, dxc);
         }
-        dw
+        dwt
     };
     // Each chunk's weight-gradient share, summed in chunk order so that a
     // run gives the same bits whatever the threads did.
@@ -1117,9 +1132,15 @@ pub fn conv2d_backward(
         _ => (0..chunks).into_par_iter().map(|i| with_scratch(|scr| run(scr, i, None))).collect(),
     };
     let dw = need_weight.then(|| {
-        let mut dw = vec![0f32; s.c_out * k];
+        let mut dwt = vec![0f32; k * s.c_out];
         for share in shares.iter().flatten() {
-            dw.iter_mut().zip(share).for_each(|(u, v)| *u += v);
+            dwt.iter_mut().zip(share).for_each(|(u, v)| *u += v);
+        }
+        let mut dw = vec![0f32; s.c_out * k];
+        for (r, row) in dwt.chunks_exact(s.c_out.max(1)).enumerate() {
+            for (co, &v) in row.iter().enumerate() {
+                dw[co * k + r] = v;
+            }
         }
         dw
     });
