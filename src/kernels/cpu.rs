@@ -11,8 +11,8 @@
 //! output pixels at 7x7) and its backward through a transposed
 //! convolution. Per layer at the small CNN's shapes, batch 128, forward +
 //! backward on a 2-core VM (`examples/bench_layers.rs`, README, Speed):
-//! conv 32 -> 64 at 14x14 42 ms with Burn's, 13 here; batch norm, pooling
-//! and ReLU at 32 x 28 x 28 64 and 6 ms.
+//! conv 32 -> 64 at 14x14 37 ms with Burn's, 10.5 here; batch norm,
+//! pooling and ReLU at 32 x 28 x 28 62 and 3.5 ms.
 //!
 //! - Batch norm: per-channel mean and variance (two passes, planes summed
 //!   in `f64`), one scale-and-shift pass; backward, two per-channel sums and
