@@ -1015,8 +1015,10 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
 
 thread_local! {
     /// Each thread's buffers for the convolution kernels (column matrices,
-    /// GEMM outputs, transposed gradients), kept between chunks and calls:
-    /// every use overwrites what it then reads, so they are never cleared.
+    /// GEMM outputs, transposed gradients), kept between chunks and calls
+    /// for the thread's life at the largest size used (a chunk's, about
+    /// 1 MB each unless one sample needs more): every use overwrites what
+    /// it then reads, so they are never cleared.
     static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
 
