@@ -3,8 +3,9 @@
 
 use burn::backend::Dispatch;
 use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::MaxPool2dConfig;
-use burn::nn::BatchNormConfig;
+use burn::nn::{BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Tensor};
 use h2e::kernels::cpu::{self, CpuLayers};
@@ -157,7 +158,6 @@ fn max_pool_relu_matches_burn_in_values_and_gradients() {
 #[test]
 fn a_pooling_the_kernel_does_not_cover_takes_burns_layer() {
     // ResNet's stem pooling: 3x3, stride 2, padding 1.
-    use burn::nn::PaddingConfig2d;
     let pool =
         MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init();
     let x = Tensor::<4>::random([2, 3, 9, 9], Distribution::Normal(0.0, 1.0), &flex());
@@ -238,10 +238,17 @@ fn near(got: &[f32], want: &[f64], scale: &[f64], tol: f64, what: &str) {
     }
 }
 
+/// A `kernel x kernel` convolution without bias, as our backbones have.
+fn square_conv(c_in: usize, c_out: usize, kernel: usize, stride: usize, pad: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .init(device)
+}
+
 #[test]
 fn convolution_matches_burn_in_values_and_gradients() {
-    use burn::nn::conv::Conv2dConfig;
-    use burn::nn::PaddingConfig2d;
     let ad = flex().autodiff();
     // (input [n, c, h, w], c_out, kernel, stride, padding): the small CNN's
     // 3x3 layers, ResNet's strided 3x3, 1x1 shortcut and 7x7 stem, odd
@@ -262,11 +269,7 @@ fn convolution_matches_burn_in_values_and_gradients() {
     ];
     for (k, (shape, c_out, kernel, stride, pad)) in cases.into_iter().enumerate() {
         ad.seed(100 + k as u64);
-        let conv = Conv2dConfig::new([shape[1], c_out], [kernel, kernel])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-            .with_bias(false)
-            .init(&ad);
+        let conv = square_conv(shape[1], c_out, kernel, stride, pad, &ad);
         let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
         let reference = conv.forward(x.clone());
         let weight = Tensor::<4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &ad);
@@ -302,14 +305,9 @@ fn convolution_matches_burn_in_values_and_gradients() {
 
 #[test]
 fn convolution_of_an_untracked_input_gives_the_weight_its_gradient() {
-    use burn::nn::conv::Conv2dConfig;
-    use burn::nn::PaddingConfig2d;
     // The first layer's input needs no gradient: only the weight's is made.
     let ad = flex().autodiff();
-    let conv = Conv2dConfig::new([1, 3], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .with_bias(false)
-        .init(&ad);
+    let conv = square_conv(1, 3, 3, 1, 1, &ad);
     let x = Tensor::<4>::random([2, 1, 6, 6], Distribution::Normal(0.0, 1.0), &ad);
     let ours = cpu::conv2d(&conv, x.clone()).sum().backward();
     let burn = conv.forward(x.clone()).sum().backward();
@@ -324,7 +322,6 @@ fn convolution_of_an_untracked_input_gives_the_weight_its_gradient() {
 
 #[test]
 fn convolution_with_a_bias_takes_burns_layer() {
-    use burn::nn::conv::Conv2dConfig;
     let conv = Conv2dConfig::new([2, 3], [3, 3]).init(&flex());
     let x = Tensor::<4>::random([1, 2, 5, 5], Distribution::Normal(0.0, 1.0), &flex());
     assert_eq!(values(cpu::conv2d(&conv, x.clone())), values(conv.forward(x)));
@@ -444,8 +441,6 @@ fn fused_block_layer_trains_running_statistics_and_infers_like_burns_layers() {
 
 #[test]
 fn fused_inference_block_matches_the_unfused_kernels_bit_for_bit_and_burn() {
-    use burn::nn::conv::Conv2dConfig;
-    use burn::nn::PaddingConfig2d;
     let device = flex();
     let pool = MaxPool2dConfig::new([2, 2]).init();
     // (input, c_out, kernel, stride, padding): the small CNN's three blocks
@@ -463,11 +458,7 @@ fn fused_inference_block_matches_the_unfused_kernels_bit_for_bit_and_burn() {
     ];
     for (k, (shape, c_out, kernel, stride, pad)) in cases.into_iter().enumerate() {
         device.seed(200 + k as u64);
-        let conv = Conv2dConfig::new([shape[1], c_out], [kernel, kernel])
-            .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-            .with_bias(false)
-            .init(&device);
+        let conv = square_conv(shape[1], c_out, kernel, stride, pad, &device);
         // Trained-looking statistics and a gamma with both signs.
         let mut bn = BatchNormConfig::new(c_out).init(&device);
         bn.gamma = bn.gamma.map(|_| Tensor::<1>::random([c_out], Distribution::Uniform(-1.5, 1.5), &device));

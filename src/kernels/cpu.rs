@@ -57,7 +57,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ConvOptions;
-use burn::backend::ops::{ActivationOps, ModuleOps};
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, ExtensionType, Flex, TensorMetadata,
@@ -178,23 +178,46 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     if !runs_here(&x) || D < 3 || x.dims()[1] != bn.gamma.dims()[0] {
         return bn.forward(x);
     }
+    batch_norm_ours(bn, x, <Dispatch as CpuLayers>::cpu_batch_norm_train, <Dispatch as CpuLayers>::cpu_batch_norm_eval)
+}
+
+/// A training-mode batch-norm kernel of [`CpuLayers`] on `Dispatch`.
+type TrainKernel =
+    fn(FloatTensor<Dispatch>, FloatTensor<Dispatch>, FloatTensor<Dispatch>, f64) -> BatchNormOut<Dispatch>;
+
+/// A batch-norm kernel of [`CpuLayers`] with given statistics.
+type EvalKernel = fn(
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    FloatTensor<Dispatch>,
+    f64,
+) -> FloatTensor<Dispatch>;
+
+/// `bn` on `x` through our kernel `train` (the batch's statistics, and the
+/// running-statistics update Burn's layer makes) on an autodiff device
+/// while the layer trains, through `eval` with the running statistics
+/// otherwise.
+fn batch_norm_ours<const D: usize, const E: usize>(
+    bn: &BatchNorm,
+    x: Tensor<D>,
+    train: TrainKernel,
+    eval: EvalKernel,
+) -> Tensor<E> {
     let device = x.device();
+    let (gamma, beta) = (bn.gamma.val().into_dispatch(), bn.beta.val().into_dispatch());
     if device.is_autodiff() && bn.training.is_enabled() {
-        let out = <Dispatch as CpuLayers>::cpu_batch_norm_train(
-            x.into_dispatch(),
-            bn.gamma.val().into_dispatch(),
-            bn.beta.val().into_dispatch(),
-            bn.epsilon,
-        );
+        let out = train(x.into_dispatch(), gamma, beta, bn.epsilon);
         update_running(bn, out.mean, out.variance, &device);
         Tensor::from_dispatch(out.output)
     } else {
         let mean = bn.running_mean.value().to_device(&device);
         let variance = bn.running_var.value().to_device(&device);
-        Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_batch_norm_eval(
+        Tensor::from_dispatch(eval(
             x.into_dispatch(),
-            bn.gamma.val().into_dispatch(),
-            bn.beta.val().into_dispatch(),
+            gamma,
+            beta,
             mean.into_dispatch(),
             variance.into_dispatch(),
             bn.epsilon,
@@ -230,28 +253,12 @@ pub fn batch_norm_pool2_relu(bn: &BatchNorm, pool: &MaxPool2d, x: Tensor<4>) -> 
     if !runs_here(&x) || x.dims()[1] != bn.gamma.dims()[0] || !is_pool2(pool) {
         return max_pool2_relu(pool, batch_norm(bn, x));
     }
-    let device = x.device();
-    if device.is_autodiff() && bn.training.is_enabled() {
-        let out = <Dispatch as CpuLayers>::cpu_batch_norm_pool2_relu_train(
-            x.into_dispatch(),
-            bn.gamma.val().into_dispatch(),
-            bn.beta.val().into_dispatch(),
-            bn.epsilon,
-        );
-        update_running(bn, out.mean, out.variance, &device);
-        Tensor::from_dispatch(out.output)
-    } else {
-        let mean = bn.running_mean.value().to_device(&device);
-        let variance = bn.running_var.value().to_device(&device);
-        Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_batch_norm_pool2_relu_eval(
-            x.into_dispatch(),
-            bn.gamma.val().into_dispatch(),
-            bn.beta.val().into_dispatch(),
-            mean.into_dispatch(),
-            variance.into_dispatch(),
-            bn.epsilon,
-        ))
-    }
+    batch_norm_ours(
+        bn,
+        x,
+        <Dispatch as CpuLayers>::cpu_batch_norm_pool2_relu_train,
+        <Dispatch as CpuLayers>::cpu_batch_norm_pool2_relu_eval,
+    )
 }
 
 /// `relu(pool.forward(x))`: our kernel on `flex` when `pool` is 2x2 with
@@ -981,36 +988,53 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], s: &ConvShape) -> Vec<f32> {
     let (oh, ow) = s.out();
     let (ohw, k) = (oh * ow, s.k());
     let mut out = vec![0f32; s.n * s.c_out * ohw];
-    if out.is_empty() {
-        return out;
-    }
-    let per = chunk(s);
-    let par = gemm_threads(s.n.div_ceil(per));
-    out.par_chunks_mut(per * s.c_out * ohw).enumerate().for_each(|(i, o)| {
-        with_scratch(|[cols, y, _]| {
-            let count = o.len() / (s.c_out * ohw);
-            let cols_n = count * ohw;
-            let cols = first(cols, k * cols_n);
-            im2col_into(x, s, i * per, count, cols);
-            if k < 64 {
-                // Few multiply-adds per output (the first layer's 9): one
-                // GEMM per sample, straight into place, beats copying the
-                // output.
-                for (j, oj) in o.chunks_exact_mut(s.c_out * ohw).enumerate() {
-                    matmul((s.c_out, ohw, k), oj, ohw, weight, (k, 1), &cols[j * ohw..], (cols_n, 1), par);
-                }
-                return;
+    forward_chunks(x, s, &mut out, s.c_out * ohw, |o, count, cols, y, par| {
+        let cols_n = count * ohw;
+        if k < 64 {
+            // Few multiply-adds per output (the first layer's 9): one GEMM
+            // per sample, straight into place, beats copying the output.
+            for (j, oj) in o.chunks_exact_mut(s.c_out * ohw).enumerate() {
+                matmul((s.c_out, ohw, k), oj, ohw, weight, (k, 1), &cols[j * ohw..], (cols_n, 1), par);
             }
-            let y = first(y, s.c_out * cols_n);
-            matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
-            for j in 0..count {
-                for co in 0..s.c_out {
-                    o[(j * s.c_out + co) * ohw..][..ohw].copy_from_slice(&y[co * cols_n + j * ohw..][..ohw]);
-                }
+            return;
+        }
+        let y = first(y, s.c_out * cols_n);
+        matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
+        for j in 0..count {
+            for co in 0..s.c_out {
+                o[(j * s.c_out + co) * ohw..][..ohw].copy_from_slice(&y[co * cols_n + j * ohw..][..ohw]);
             }
-        })
+        }
     });
     out
+}
+
+/// The chunk loop of the forward kernels: `out` (`per_sample` values a
+/// sample) split into the chunks of [`chunk`], and for each, in parallel,
+/// `f(o, count, cols, y, parallelism)`: the chunk's share of `out`, its
+/// number of samples, its column matrix (made here) and a scratch buffer
+/// for the GEMM's output (sized by `f` with [`first`]).
+fn forward_chunks(
+    x: &[f32],
+    s: &ConvShape,
+    out: &mut [f32],
+    per_sample: usize,
+    f: impl Fn(&mut [f32], usize, &[f32], &mut Vec<f32>, gemm::Parallelism) + Sync,
+) {
+    if out.is_empty() {
+        return;
+    }
+    let (oh, ow) = s.out();
+    let per = chunk(s);
+    let par = gemm_threads(s.n.div_ceil(per));
+    out.par_chunks_mut(per * per_sample).enumerate().for_each(|(i, o)| {
+        with_scratch(|[cols, y, _]| {
+            let count = o.len() / per_sample;
+            let cols = first(cols, s.k() * count * oh * ow);
+            im2col_into(x, s, i * per, count, cols);
+            f(o, count, cols, y, par)
+        })
+    });
 }
 
 thread_local! {
@@ -1051,23 +1075,14 @@ pub fn conv_bn_pool2_relu_eval(x: &[f32], weight: &[f32], s: &ConvShape, scale: 
     let (oh, ow) = s.out();
     let (ohw, pohw, k) = (oh * ow, (oh / 2) * (ow / 2), s.k());
     let mut out = vec![0f32; s.n * s.c_out * pohw];
-    if out.is_empty() {
-        return out;
-    }
-    let per = chunk(s);
-    let par = gemm_threads(s.n.div_ceil(per));
-    out.par_chunks_mut(per * s.c_out * pohw).enumerate().for_each(|(i, o)| {
-        with_scratch(|[cols, y, _]| {
-            let count = o.len() / (s.c_out * pohw);
-            let cols_n = count * ohw;
-            let (cols, y) = (first(cols, k * cols_n), first(y, s.c_out * cols_n));
-            im2col_into(x, s, i * per, count, cols);
-            matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
-            for (p, op) in o.chunks_exact_mut(pohw).enumerate() {
-                let (j, co) = (p / s.c_out, p % s.c_out);
-                pool_plane::<false>(&y[co * cols_n + j * ohw..][..ohw], ow, (scale[co], shift[co]), op, &mut []);
-            }
-        })
+    forward_chunks(x, s, &mut out, s.c_out * pohw, |o, count, cols, y, par| {
+        let cols_n = count * ohw;
+        let y = first(y, s.c_out * cols_n);
+        matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
+        for (p, op) in o.chunks_exact_mut(pohw).enumerate() {
+            let (j, co) = (p / s.c_out, p % s.c_out);
+            pool_plane::<false>(&y[co * cols_n + j * ohw..][..ohw], ow, (scale[co], shift[co]), op, &mut []);
+        }
     });
     out
 }
@@ -1180,6 +1195,20 @@ fn is_f32(t: &FlexTensor) -> bool {
     t.dtype() == DType::F32
 }
 
+/// Batch norm's per-channel scale and shift from `[gamma, beta, mean,
+/// variance]` tensors (the running statistics at inference).
+fn running_affine(params: [FlexTensor; 4], epsilon: f64) -> (Vec<f32>, Vec<f32>) {
+    let [gamma, beta, mean, variance] = params.map(contiguous);
+    affine(values(&gamma), values(&beta), values(&mean), values(&variance), epsilon)
+}
+
+/// Burn's own 2x2 stride-2 max pooling then ReLU on backend `B` (where
+/// our kernels do not run: a dtype other than `f32`, or a layer that is
+/// not tracked through ours).
+fn burn_pool2_relu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    B::relu(B::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false))
+}
+
 impl CpuLayers for Flex {
     fn cpu_batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> BatchNormOut<Flex> {
         if !is_f32(&x) {
@@ -1211,8 +1240,7 @@ impl CpuLayers for Flex {
         let shape = x.shape();
         let (_, c, hw) = nchw(&shape);
         let x = contiguous(x);
-        let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(contiguous);
-        let (scale, shift) = affine(values(&gamma), values(&beta), values(&mean), values(&variance), epsilon);
+        let (scale, shift) = running_affine([gamma, beta, mean, variance], epsilon);
         tensor(scale_shift(values(&x), c, hw, &scale, &shift), shape)
     }
 
@@ -1235,7 +1263,7 @@ impl CpuLayers for Flex {
     ) -> FlexTensor {
         if !is_f32(&x) {
             let y = Flex::batch_norm(x, gamma, beta, mean, variance, epsilon);
-            return Flex::relu(Flex::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], false));
+            return burn_pool2_relu::<Flex>(y);
         }
         launched();
         let [n, c, h, w] = x.shape().dims::<4>();
@@ -1265,8 +1293,7 @@ impl CpuLayers for Flex {
         let [c_out, _, kh, kw] = weight.shape().dims::<4>();
         let s = ConvShape { n, c, h, w, c_out, kh, kw, stride, pad };
         let (x, weight) = (contiguous(x), contiguous(weight));
-        let [gamma, beta, mean, variance] = [gamma, beta, mean, variance].map(contiguous);
-        let (scale, shift) = affine(values(&gamma), values(&beta), values(&mean), values(&variance), epsilon);
+        let (scale, shift) = running_affine([gamma, beta, mean, variance], epsilon);
         let out = conv_bn_pool2_relu_eval(values(&x), values(&weight), &s, &scale, &shift);
         let (oh, ow) = s.out();
         tensor(out, Shape::new([n, c_out, oh / 2, ow / 2]))
@@ -1314,8 +1341,7 @@ fn bn_pool_forward(
 ) -> (BatchNormOut<Flex>, Option<Arc<Vec<u8>>>) {
     if !is_f32(&x) {
         let r = Flex::batch_norm_train(x, gamma, beta, epsilon);
-        let pooled = Flex::max_pool2d(r.output, [2, 2], [2, 2], [0, 0], [1, 1], false);
-        return (BatchNormOut { output: Flex::relu(pooled), mean: r.mean, variance: r.variance }, None);
+        return (BatchNormOut { output: burn_pool2_relu::<Flex>(r.output), mean: r.mean, variance: r.variance }, None);
     }
     launched();
     let [n, c, h, w] = x.shape().dims::<4>();
@@ -1334,8 +1360,7 @@ fn bn_pool_forward(
 /// Burn's own layers ran because the input is not `f32`).
 fn pool_forward(x: FlexTensor) -> (FlexTensor, Option<Arc<Vec<u8>>>) {
     if !is_f32(&x) {
-        let pooled = Flex::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
-        return (Flex::relu(pooled), None);
+        return (burn_pool2_relu::<Flex>(x), None);
     }
     launched();
     let [n, c, h, w] = x.shape().dims::<4>();
@@ -1348,17 +1373,25 @@ fn pool_forward(x: FlexTensor) -> (FlexTensor, Option<Arc<Vec<u8>>>) {
 struct BatchNormBackward;
 
 impl Backward<Flex, 3> for BatchNormBackward {
-    /// The input, gamma, the batch statistics and epsilon.
-    type State = (FlexTensor, FlexTensor, Vec<f32>, Vec<f32>, f64);
+    /// The input, gamma, the batch statistics, epsilon, and, when 2x2
+    /// pooling + ReLU followed in the same kernel, where each pooled
+    /// output's gradient goes.
+    type State = (FlexTensor, FlexTensor, Vec<f32>, Vec<f32>, f64, Option<Arc<Vec<u8>>>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
-        let (x, gamma, mean, var, epsilon) = ops.state;
+        let (x, gamma, mean, var, epsilon, arg) = ops.state;
         let shape = x.shape();
         let (n, c, hw) = nchw(&shape);
-        let (dx, dgamma, dbeta) =
-            batch_norm_backward(values(&x), values(&grad), n, c, hw, values(&gamma), &mean, &var, epsilon);
+        let (x, g, gamma) = (values(&x), values(&grad), values(&gamma));
+        let (dx, dgamma, dbeta) = match &arg {
+            Some(arg) => {
+                let [_, _, h, w] = shape.dims::<4>();
+                batch_norm_pool2_relu_backward(x, g, arg, (n, c, h, w), gamma, &mean, &var, epsilon)
+            }
+            None => batch_norm_backward(x, g, n, c, hw, gamma, &mean, &var, epsilon),
+        };
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, tensor(dx, shape));
         }
@@ -1371,38 +1404,35 @@ impl Backward<Flex, 3> for BatchNormBackward {
     }
 }
 
-#[derive(Debug)]
-struct BatchNormPoolBackward;
-
-impl Backward<Flex, 3> for BatchNormPoolBackward {
-    /// The input, gamma, the batch statistics, epsilon, and where each
-    /// pooled output's gradient goes.
-    type State = (FlexTensor, FlexTensor, Vec<f32>, Vec<f32>, f64, Arc<Vec<u8>>);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        let grad = contiguous(grads.consume::<Flex>(&ops.node));
-        let (x, gamma, mean, var, epsilon, arg) = ops.state;
-        let shape = x.shape();
-        let [n, c, h, w] = shape.dims::<4>();
-        let (dx, dgamma, dbeta) = batch_norm_pool2_relu_backward(
-            values(&x),
-            values(&grad),
-            &arg,
-            (n, c, h, w),
-            values(&gamma),
-            &mean,
-            &var,
-            epsilon,
-        );
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(dx, shape));
+/// Training-mode batch norm of an `f32` input on `Autodiff<Flex>`, followed
+/// in the same kernel by 2x2 max pooling and ReLU when `pooled`: our
+/// forward, and [`BatchNormBackward`] when the graph tracks any input.
+fn batch_norm_tracked<C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<Flex, C>>,
+    gamma: FloatTensor<Autodiff<Flex, C>>,
+    beta: FloatTensor<Autodiff<Flex, C>>,
+    epsilon: f64,
+    pooled: bool,
+) -> BatchNormOut<Autodiff<Flex, C>> {
+    let forward = |x, gamma, beta| match pooled {
+        true => bn_pool_forward(x, gamma, beta, epsilon),
+        false => (Flex::cpu_batch_norm_train(x, gamma, beta, epsilon), None),
+    };
+    let constant = FloatTensor::<Autodiff<Flex, C>>::new;
+    match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (xp, gp) = (contiguous(x.into_primitive()), contiguous(gamma.into_primitive()));
+            let (r, arg) = forward(xp.clone(), gp.clone(), beta.into_primitive());
+            let state = (xp, gp, values(&r.mean).to_vec(), values(&r.variance).to_vec(), epsilon, arg);
+            BatchNormOut {
+                output: prep.finish(state, r.output),
+                mean: constant(r.mean),
+                variance: constant(r.variance),
+            }
         }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, tensor(dgamma, Shape::new([c])));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, tensor(dbeta, Shape::new([c])));
+        OpsKind::UnTracked(prep) => {
+            let (r, _) = forward(x.into_primitive(), gamma.into_primitive(), beta.into_primitive());
+            BatchNormOut { output: prep.finish(r.output), mean: constant(r.mean), variance: constant(r.variance) }
         }
     }
 }
@@ -1452,32 +1482,11 @@ impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> BatchNormOut<Self> {
-        let constant = FloatTensor::<Self>::new;
         if !is_f32(x.primitive()) {
             let r = <Self as ModuleOps<Self>>::batch_norm_train(x, gamma, beta, epsilon);
             return BatchNormOut { output: r.output, mean: r.mean, variance: r.variance };
         }
-        match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (xp, gp) = (contiguous(x.into_primitive()), contiguous(gamma.into_primitive()));
-                let r = Flex::cpu_batch_norm_train(xp.clone(), gp.clone(), beta.into_primitive(), epsilon);
-                let state = (xp, gp, values(&r.mean).to_vec(), values(&r.variance).to_vec(), epsilon);
-                BatchNormOut {
-                    output: prep.finish(state, r.output),
-                    mean: constant(r.mean),
-                    variance: constant(r.variance),
-                }
-            }
-            OpsKind::UnTracked(prep) => {
-                let r = Flex::cpu_batch_norm_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                );
-                BatchNormOut { output: prep.finish(r.output), mean: constant(r.mean), variance: constant(r.variance) }
-            }
-        }
+        batch_norm_tracked::<C>(x, gamma, beta, epsilon, false)
     }
 
     fn cpu_batch_norm_eval(
@@ -1499,31 +1508,11 @@ impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> BatchNormOut<Self> {
-        let constant = FloatTensor::<Self>::new;
         if !is_f32(x.primitive()) {
             let r = <Self as ModuleOps<Self>>::batch_norm_train(x, gamma, beta, epsilon);
-            let pooled = <Self as ModuleOps<Self>>::max_pool2d(r.output, [2, 2], [2, 2], [0, 0], [1, 1], false);
-            let output = <Self as ActivationOps<Self>>::relu(pooled);
-            return BatchNormOut { output, mean: r.mean, variance: r.variance };
+            return BatchNormOut { output: burn_pool2_relu::<Self>(r.output), mean: r.mean, variance: r.variance };
         }
-        match BatchNormPoolBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (xp, gp) = (contiguous(x.into_primitive()), contiguous(gamma.into_primitive()));
-                let (r, arg) = bn_pool_forward(xp.clone(), gp.clone(), beta.into_primitive(), epsilon);
-                let arg = arg.expect("an f32 input runs our kernel");
-                let state = (xp, gp, values(&r.mean).to_vec(), values(&r.variance).to_vec(), epsilon, arg);
-                BatchNormOut {
-                    output: prep.finish(state, r.output),
-                    mean: constant(r.mean),
-                    variance: constant(r.variance),
-                }
-            }
-            OpsKind::UnTracked(prep) => {
-                let (r, _) =
-                    bn_pool_forward(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
-                BatchNormOut { output: prep.finish(r.output), mean: constant(r.mean), variance: constant(r.variance) }
-            }
-        }
+        batch_norm_tracked::<C>(x, gamma, beta, epsilon, true)
     }
 
     fn cpu_batch_norm_pool2_relu_eval(
@@ -1535,9 +1524,7 @@ impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
         epsilon: f64,
     ) -> FloatTensor<Self> {
         // As for batch norm alone: Burn's differentiable composition.
-        let y = <Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon);
-        let pooled = <Self as ModuleOps<Self>>::max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], false);
-        <Self as ActivationOps<Self>>::relu(pooled)
+        burn_pool2_relu::<Self>(<Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon))
     }
 
     fn cpu_conv_bn_pool2_relu_eval(
@@ -1557,8 +1544,7 @@ impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
 
     fn cpu_max_pool2_relu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         if !is_f32(x.primitive()) {
-            let pooled = <Self as ModuleOps<Self>>::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
-            return <Self as ActivationOps<Self>>::relu(pooled);
+            return burn_pool2_relu::<Self>(x);
         }
         let input = x.primitive().shape().dims::<4>();
         match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
