@@ -480,3 +480,149 @@ fn fused_inference_block_matches_the_unfused_kernels_bit_for_bit_and_burn() {
         }
     }
 }
+
+/// The small CNN's block cases of the fused tests: (input, c_out, kernel,
+/// stride, padding): its three blocks at small batches, odd sides (the
+/// pooling drops a row and a column), a strided and an unpadded
+/// convolution, a batch split into chunks with a remainder, and an output
+/// too small to pool.
+const BLOCK_CASES: [([usize; 4], usize, usize, usize, usize); 7] = [
+    ([3, 1, 28, 28], 8, 3, 1, 1),
+    ([2, 8, 14, 14], 16, 3, 1, 1),
+    ([2, 16, 7, 7], 12, 3, 1, 1),
+    ([2, 3, 11, 9], 5, 3, 2, 1),
+    ([2, 2, 6, 6], 3, 3, 1, 0),
+    ([3, 16, 26, 26], 3, 3, 1, 1),
+    ([2, 2, 3, 3], 4, 3, 1, 0),
+];
+
+/// Values and gradients of the small CNN's block in a training step
+/// (`relu(max_pool2(batch_norm_train(conv2d(x, w))))`, the output weighted
+/// by `out_weight` and summed): through our fused kernel (`fused`) or
+/// through our convolution then our batch norm + pooling. `[output, mean,
+/// variance, dx (empty when x is not tracked), dw, dgamma, dbeta]`.
+fn block_run(fused: bool, x: &Tensor<4>, params: ([Tensor<4>; 2], [Tensor<1>; 2], [usize; 2])) -> [Vec<f32>; 7] {
+    let ([w, out_weight], [gamma, beta], [stride, pad]) = params;
+    let (w, g, b) = (w.require_grad(), gamma.require_grad(), beta.require_grad());
+    let d = |t: &Tensor<4>| t.clone().into_dispatch();
+    let before = cpu::launches();
+    let r = if fused {
+        let (gd, bd) = (g.clone().into_dispatch(), b.clone().into_dispatch());
+        <Dispatch as CpuLayers>::cpu_conv_bn_pool2_relu_train(d(x), d(&w), [[stride; 2], [pad; 2]], gd, bd, 1e-5)
+    } else {
+        let y = <Dispatch as CpuLayers>::cpu_conv2d(d(x), d(&w), stride, stride, pad, pad);
+        <Dispatch as CpuLayers>::cpu_batch_norm_pool2_relu_train(
+            y,
+            g.clone().into_dispatch(),
+            b.clone().into_dispatch(),
+            1e-5,
+        )
+    };
+    assert!(cpu::launches() > before, "our kernels did not run");
+    let out = Tensor::<4>::from_dispatch(r.output);
+    let grads = (out.clone() * out_weight).sum().backward();
+    let (mean, var) = (Tensor::<1>::from_dispatch(r.mean), Tensor::<1>::from_dispatch(r.variance));
+    let dx = x.grad(&grads).map(values).unwrap_or_default();
+    let dw = w.grad(&grads).map(values).unwrap_or_default();
+    let dg = g.grad(&grads).map(values).unwrap_or_default();
+    let db = b.grad(&grads).map(values).unwrap_or_default();
+    [values(out), values(mean), values(var), dx, dw, dg, db]
+}
+
+#[test]
+fn fused_training_block_matches_the_unfused_kernels_bit_for_bit_and_burn() {
+    let ad = flex().autodiff();
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    for (k, (shape, c_out, kernel, stride, pad)) in BLOCK_CASES.into_iter().enumerate() {
+        let conv = square_conv(shape[1], c_out, kernel, stride, pad, &ad);
+        // The first case's input is the images (no gradient), as in the
+        // small CNN's first block.
+        let x = input(shape, 300 + k as u64, &ad);
+        let x = if k == 0 { x } else { x.require_grad() };
+        let gamma = Tensor::<1>::random([c_out], Distribution::Uniform(-1.5, 1.5), &ad);
+        let beta = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &ad);
+        let (oh, ow) = ((shape[2] + 2 * pad - kernel) / stride + 1, (shape[3] + 2 * pad - kernel) / stride + 1);
+        let out_shape = [shape[0], c_out, oh / 2, ow / 2];
+        let out_weight = Tensor::<4>::random(out_shape, Distribution::Normal(0.0, 1.0), &ad);
+        let params = || ([conv.weight.val(), out_weight.clone()], [gamma.clone(), beta.clone()], [stride, pad]);
+        let fused = block_run(true, &x, params());
+        let unfused = block_run(false, &x, params());
+        let names = ["output", "mean", "variance", "dx", "dweight", "dgamma", "dbeta"];
+        for (name, (a, b)) in names.iter().zip(fused.iter().zip(&unfused)) {
+            assert_eq!(a.len(), b.len(), "case {k} {shape:?}: {name} sizes");
+            let differ = a.iter().zip(b).filter(|(u, v)| u.to_bits() != v.to_bits()).count();
+            assert_eq!(differ, 0, "case {k} {shape:?}: {name} differs at {differ} elements");
+        }
+        assert_eq!(fused[0].len(), out_shape.iter().product::<usize>(), "case {k}: output size");
+        assert_eq!(fused[3].is_empty(), k == 0, "case {k}: an input gradient exactly when the input is tracked");
+        // And Burn's own layers, to rounding.
+        let (w, g, b) = (conv.weight.val().require_grad(), gamma.clone().require_grad(), beta.clone().require_grad());
+        let options = burn::tensor::ops::ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
+        let y = burn::tensor::module::conv2d(x.clone(), w.clone(), None, options);
+        let r = burn::tensor::module::batch_norm_train(y, g.clone(), b.clone(), 1e-5);
+        let out = relu(pool.forward(r.output));
+        let grads = (out.clone() * out_weight.clone()).sum().backward();
+        close(fused[0].clone(), values(out), 1e-4, &format!("case {k}: output against Burn"));
+        close(fused[1].clone(), values(r.mean), 1e-4, &format!("case {k}: mean against Burn"));
+        close(fused[2].clone(), values(r.variance), 1e-4, &format!("case {k}: variance against Burn"));
+        if out_shape[2] * out_shape[3] > 0 {
+            if k > 0 {
+                close(fused[3].clone(), values(x.grad(&grads).unwrap()), 1e-4, &format!("case {k}: dx against Burn"));
+            }
+            close(fused[4].clone(), values(w.grad(&grads).unwrap()), 1e-3, &format!("case {k}: dw against Burn"));
+            close(fused[5].clone(), values(g.grad(&grads).unwrap()), 1e-4, &format!("case {k}: dgamma against Burn"));
+            close(fused[6].clone(), values(b.grad(&grads).unwrap()), 1e-4, &format!("case {k}: dbeta against Burn"));
+            assert!(fused[4].iter().any(|g| *g != 0.0), "case {k}: no weight gradient");
+        }
+    }
+}
+
+#[test]
+fn fused_training_block_layer_matches_the_unfused_path_and_does_not_depend_on_the_thread_count() {
+    // Through the layers, as the small CNN calls them: two training steps'
+    // outputs, parameter gradients and running statistics, fused against
+    // the convolution then batch norm + pooling, bit for bit.
+    let ad = flex().autodiff();
+    let pool = MaxPool2dConfig::new([2, 2]).init();
+    let run = |fused: bool, threads: usize| {
+        // Fresh layers each run (clones would share the running statistics).
+        ad.seed(77);
+        let conv = square_conv(8, 16, 3, 1, 1, &ad);
+        let bn = BatchNormConfig::new(16).with_momentum(0.25).init(&ad);
+        let pool_threads = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool_threads.install(|| {
+            let mut seen = Vec::new();
+            for step in 0..2 {
+                let x = input([5, 8, 12, 12], 90 + step, &ad).require_grad();
+                let before = cpu::launches();
+                let out = if fused {
+                    cpu::conv_bn_pool2_relu(&conv, &bn, &pool, x.clone())
+                } else {
+                    cpu::batch_norm_pool2_relu(&bn, &pool, cpu::conv2d(&conv, x.clone()))
+                };
+                assert!(cpu::launches() > before, "our kernels did not run");
+                let grads = (out.clone() * out.clone()).sum().backward();
+                seen.push(values(out));
+                seen.push(values(x.grad(&grads).unwrap()));
+                seen.push(values(conv.weight.grad(&grads).unwrap()));
+                seen.push(values(bn.gamma.grad(&grads).unwrap()));
+                seen.push(values(bn.beta.grad(&grads).unwrap()));
+            }
+            seen.push(values(bn.running_mean.value()));
+            seen.push(values(bn.running_var.value()));
+            seen.into_iter().map(|v| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>()).collect::<Vec<_>>()
+        })
+    };
+    let fused = run(true, 2);
+    let names = ["output", "dx", "dweight", "dgamma", "dbeta"];
+    for (other, what) in [(run(false, 2), "unfused"), (run(true, 1), "one thread"), (run(true, 3), "three threads")] {
+        for (i, (a, b)) in fused.iter().zip(&other).enumerate() {
+            let name = names.get(i % 5).filter(|_| i < 10).copied().unwrap_or("running statistics");
+            let differ = a.iter().zip(b).filter(|(u, v)| u != v).count();
+            assert!(a.len() == b.len() && differ == 0, "{what}: {name} ({i}) differs at {differ} elements");
+        }
+    }
+    // The running statistics moved from their initial zeros and ones.
+    let mean = fused[fused.len() - 2].iter().map(|&b| f32::from_bits(b));
+    assert!(mean.clone().any(|m| m.abs() > 1e-3), "running mean did not move");
+}

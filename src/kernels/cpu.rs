@@ -32,8 +32,15 @@
 //!   column matrix, adds its share of the weight gradient and sends
 //!   `weight^T x dy` back through the adjoint of im2col; nothing is made
 //!   for an input that needs no gradient (the first layer's images).
-//! - At inference the small CNN's whole block is one kernel: each chunk's
-//!   convolution output is normalised, pooled and clipped while in cache.
+//! - The small CNN's whole block (conv, batch norm, pooling, ReLU) is one
+//!   kernel. At inference each chunk's convolution output is normalised,
+//!   pooled and clipped while in cache. In a training step each chunk's
+//!   plane sums are taken while its GEMM output is in cache and that output
+//!   stays in the GEMM's layout; backward, batch norm's input gradient is
+//!   made chunk by chunk straight in the layout the convolution's GEMMs
+//!   read, never as a full-size tensor, and never transposed. Values and
+//!   gradients are those of the layers' kernels one after the other, bit
+//!   for bit.
 //!
 //! How they reach Burn: a backend extension trait, [`CpuLayers`],
 //! implemented for `Flex` (the kernels) and for `Autodiff<Flex>` (the
@@ -120,6 +127,19 @@ pub trait CpuLayers: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self>;
 
+    /// `relu(max_pool2d(batch_norm_train(conv2d(x, weight)), 2, stride 2))`:
+    /// the small CNN's block in a training step, [`BatchNormOut`] with the
+    /// pooled output. The convolution as in
+    /// [`CpuLayers::cpu_conv_bn_pool2_relu_eval`].
+    fn cpu_conv_bn_pool2_relu_train(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        conv: [[usize; 2]; 2],
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOut<Self>;
+
     /// `relu(max_pool2d(batch_norm(conv2d(x, weight)), 2, stride 2))` with
     /// given (running) statistics: the small CNN's block at inference. The
     /// convolution as in [`CpuLayers::cpu_conv2d`], `[stride, padding]` per axis
@@ -181,29 +201,23 @@ pub fn batch_norm<const D: usize>(bn: &BatchNorm, x: Tensor<D>) -> Tensor<D> {
     batch_norm_ours(bn, x, <Dispatch as CpuLayers>::cpu_batch_norm_train, <Dispatch as CpuLayers>::cpu_batch_norm_eval)
 }
 
-/// A training-mode batch-norm kernel of [`CpuLayers`] on `Dispatch`.
-type TrainKernel =
-    fn(FloatTensor<Dispatch>, FloatTensor<Dispatch>, FloatTensor<Dispatch>, f64) -> BatchNormOut<Dispatch>;
-
-/// A batch-norm kernel of [`CpuLayers`] with given statistics.
-type EvalKernel = fn(
-    FloatTensor<Dispatch>,
-    FloatTensor<Dispatch>,
-    FloatTensor<Dispatch>,
-    FloatTensor<Dispatch>,
-    FloatTensor<Dispatch>,
-    f64,
-) -> FloatTensor<Dispatch>;
-
 /// `bn` on `x` through our kernel `train` (the batch's statistics, and the
 /// running-statistics update Burn's layer makes) on an autodiff device
 /// while the layer trains, through `eval` with the running statistics
-/// otherwise.
+/// otherwise. Each kernel takes `(x, gamma, beta, [mean, variance,]
+/// epsilon)` on `Dispatch`.
 fn batch_norm_ours<const D: usize, const E: usize>(
     bn: &BatchNorm,
     x: Tensor<D>,
-    train: TrainKernel,
-    eval: EvalKernel,
+    train: impl FnOnce(FloatTensor<Dispatch>, FloatTensor<Dispatch>, FloatTensor<Dispatch>, f64) -> BatchNormOut<Dispatch>,
+    eval: impl FnOnce(
+        FloatTensor<Dispatch>,
+        FloatTensor<Dispatch>,
+        FloatTensor<Dispatch>,
+        FloatTensor<Dispatch>,
+        FloatTensor<Dispatch>,
+        f64,
+    ) -> FloatTensor<Dispatch>,
 ) -> Tensor<E> {
     let device = x.device();
     let (gamma, beta) = (bn.gamma.val().into_dispatch(), bn.beta.val().into_dispatch());
@@ -303,27 +317,30 @@ fn ours(conv: &Conv2d, x: &Tensor<4>) -> Option<[[usize; 2]; 2]> {
 }
 
 /// `relu(pool.forward(bn.forward(conv.forward(x))))`, the small CNN's
-/// block: at inference on `flex` (a plain device) one kernel of ours that
-/// keeps the convolution's output in cache; otherwise [`conv2d`] then
-/// [`batch_norm_pool2_relu`]. The same values either way on `flex`, bit for
-/// bit.
+/// block: on `flex` one kernel of ours, in a training step (the layer
+/// trains on an autodiff device) and at inference, that never makes the
+/// full-size normalised tensor nor, backward, its gradient; otherwise
+/// [`conv2d`] then [`batch_norm_pool2_relu`]. The same values and
+/// gradients either way on `flex`, bit for bit.
 pub fn conv_bn_pool2_relu(conv: &Conv2d, bn: &BatchNorm, pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
-    let fused = ours(conv, &x)
-        .filter(|_| !x.device().is_autodiff() && conv.weight.dims()[0] == bn.gamma.dims()[0] && is_pool2(pool));
+    let fused = ours(conv, &x).filter(|_| conv.weight.dims()[0] == bn.gamma.dims()[0] && is_pool2(pool));
     let Some(params) = fused else {
         return batch_norm_pool2_relu(bn, pool, conv2d(conv, x));
     };
-    let device = x.device();
-    Tensor::from_dispatch(<Dispatch as CpuLayers>::cpu_conv_bn_pool2_relu_eval(
-        x.into_dispatch(),
-        conv.weight.val().into_dispatch(),
-        params,
-        bn.gamma.val().into_dispatch(),
-        bn.beta.val().into_dispatch(),
-        bn.running_mean.value().to_device(&device).into_dispatch(),
-        bn.running_var.value().to_device(&device).into_dispatch(),
-        bn.epsilon,
-    ))
+    let weight = conv.weight.val().into_dispatch();
+    let w = weight.clone();
+    batch_norm_ours(
+        bn,
+        x,
+        |x, gamma, beta, epsilon| {
+            <Dispatch as CpuLayers>::cpu_conv_bn_pool2_relu_train(x, w, params, gamma, beta, epsilon)
+        },
+        |x, gamma, beta, mean, variance, epsilon| {
+            <Dispatch as CpuLayers>::cpu_conv_bn_pool2_relu_eval(
+                x, weight, params, gamma, beta, mean, variance, epsilon,
+            )
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -469,8 +486,6 @@ fn bn_backward(
     var: &[f32],
     epsilon: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let count = (n * hw).max(1) as f64;
-    let inv_std: Vec<f32> = var.iter().map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32).collect();
     let sums: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
         .map_init(Vec::new, |scratch, ci| {
@@ -484,26 +499,15 @@ fn bn_backward(
             (s, d)
         })
         .collect();
-    let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
-    let dgamma: Vec<f32> = sums.iter().zip(&inv_std).map(|(s, &is)| (s.1 * is as f64) as f32).collect();
-    // dx = k * (dy - mdy - (x - mean) * mdyx), k = gamma * inv_std.
-    let coef: Vec<(f32, f32, f32, f32)> = (0..c)
-        .map(|ci| {
-            let k = gamma[ci] * inv_std[ci];
-            let mdy = (sums[ci].0 / count) as f32;
-            let mdyx = (sums[ci].1 / count) as f32 * inv_std[ci] * inv_std[ci];
-            (k, mdy, mdyx, mean[ci])
-        })
-        .collect();
+    let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * hw).max(1) as f64);
     // Written once, element by element, so never cleared first.
     let mut dx = Vec::with_capacity(x.len());
     if hw > 0 {
         let planes = dx.spare_capacity_mut()[..x.len()].par_chunks_mut(hw);
         planes.enumerate().with_min_len(8).for_each_init(Vec::new, |scratch, (p, o)| {
-            let (k, mdy, mdyx, m) = coef[p % c];
-            let gs = dy.plane(p, scratch);
+            let (cf, gs) = (coef[p % c], dy.plane(p, scratch));
             for ((ov, &xv), &gv) in o.iter_mut().zip(&x[p * hw..(p + 1) * hw]).zip(gs) {
-                ov.write(k * (gv - mdy - (xv - m) * mdyx));
+                ov.write(bn_dx(cf, gv, xv));
             }
         });
     }
@@ -511,6 +515,39 @@ fn bn_backward(
     // * hw`, none when `hw` is 0), and the loop wrote every element of each.
     unsafe { dx.set_len(x.len()) };
     (dx, dgamma, dbeta)
+}
+
+/// Batch norm's backward terms from its two per-channel gradient sums (of
+/// `dy` and of `dy * (x - mean)`, over `count` elements a channel):
+/// `dgamma`, `dbeta` and, per channel, the coefficients of [`bn_dx`].
+fn bn_grad_terms(
+    sums: &[(f64, f64)],
+    gamma: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    epsilon: f64,
+    count: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<[f32; 4]>) {
+    let inv_std: Vec<f32> = var.iter().map(|&v| (1.0 / (v as f64 + epsilon).sqrt()) as f32).collect();
+    let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
+    let dgamma: Vec<f32> = sums.iter().zip(&inv_std).map(|(s, &is)| (s.1 * is as f64) as f32).collect();
+    let coef = (0..sums.len())
+        .map(|ci| {
+            let k = gamma[ci] * inv_std[ci];
+            let mdy = (sums[ci].0 / count) as f32;
+            let mdyx = (sums[ci].1 / count) as f32 * inv_std[ci] * inv_std[ci];
+            [k, mdy, mdyx, mean[ci]]
+        })
+        .collect();
+    (dgamma, dbeta, coef)
+}
+
+/// Batch norm's input gradient at an element of input `x` and output
+/// gradient `g`: `k * (g - mdy - (x - mean) * mdyx)` with `k = gamma /
+/// sigma`, the channel's `[k, mdy, mdyx, mean]` from [`bn_grad_terms`].
+#[inline(always)]
+fn bn_dx([k, mdy, mdyx, m]: [f32; 4], g: f32, x: f32) -> f32 {
+    k * (g - mdy - (x - m) * mdyx)
 }
 
 /// Where a pooled output's gradient goes: 0..=3 the window position of the
@@ -1088,10 +1125,7 @@ pub fn conv_bn_pool2_relu_eval(x: &[f32], weight: &[f32], s: &ConvShape, scale: 
 }
 
 /// Gradients of [`conv2d_forward`] from the output's (`[n, c_out, oh, ow]`):
-/// the input's (when `need_x`) and the weight's (when `need_weight`). Per
-/// chunk of samples: the column matrix again, the weight gradient's share
-/// (`dy x cols^T`, summed over chunks) and the input gradient
-/// (`weight^T x dy`, back through the adjoint of the column matrix).
+/// the input's (when `need_x`) and the weight's (when `need_weight`).
 pub fn conv2d_backward(
     dy: &[f32],
     x: &[f32],
@@ -1101,6 +1135,33 @@ pub fn conv2d_backward(
     need_weight: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (oh, ow) = s.out();
+    let ohw = oh * ow;
+    conv_backward_from(x, weight, s, need_x, need_weight, |n0, count, dyt| {
+        // [count, c_out, ohw] -> [c_out, count * ohw].
+        let cols_n = count * ohw;
+        for co in 0..s.c_out {
+            for j in 0..count {
+                dyt[co * cols_n + j * ohw..][..ohw].copy_from_slice(&dy[((n0 + j) * s.c_out + co) * ohw..][..ohw]);
+            }
+        }
+    })
+}
+
+/// The convolution's backward with the output's gradient given chunk by
+/// chunk: `fill(n0, count, dyt)` writes that of samples `n0..n0 + count`
+/// (a [`chunk`]) into every element of `dyt` as `[c_out, count * oh *
+/// ow]`. Per chunk: the column matrix again, the weight gradient's share
+/// (summed over chunks in chunk order) and the input gradient (`weight^T
+/// x dy`, back through the adjoint of the column matrix).
+fn conv_backward_from(
+    x: &[f32],
+    weight: &[f32],
+    s: &ConvShape,
+    need_x: bool,
+    need_weight: bool,
+    fill: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let (oh, ow) = s.out();
     let (ohw, k) = (oh * ow, s.k());
     let per = chunk(s);
     let chunks = s.n.div_ceil(per);
@@ -1108,19 +1169,14 @@ pub fn conv2d_backward(
     let sample = s.c * s.h * s.w;
     let mut dx = need_x.then(|| vec![0f32; s.n * sample]);
     // One chunk: its weight-gradient share, and its input gradient into
-    // `dxc`, in the scratch buffers (`dy` transposed, the column matrix and
-    // its gradient).
+    // `dxc`, in the scratch buffers (the output's gradient, the column
+    // matrix and its gradient).
     let run = |[dyt, cols, dcols]: &mut [Vec<f32>; 3], i: usize, dxc: Option<&mut [f32]>| {
         let n0 = i * per;
         let count = per.min(s.n - n0);
         let cols_n = count * ohw;
-        // [count, c_out, ohw] -> [c_out, count * ohw].
         let dyt = first(dyt, s.c_out * cols_n);
-        for co in 0..s.c_out {
-            for j in 0..count {
-                dyt[co * cols_n + j * ohw..][..ohw].copy_from_slice(&dy[((n0 + j) * s.c_out + co) * ohw..][..ohw]);
-            }
-        }
+        fill(n0, count, dyt);
         // The weight gradient's share, transposed: `cols x dy^T`, `[k,
         // c_out]` (the GEMM runs 17 to 30% faster with the long side as
         // its rows than `dy x cols^T`).
@@ -1162,6 +1218,170 @@ pub fn conv2d_backward(
         dw
     });
     (dx, dw)
+}
+
+/// What the small CNN's block keeps from a training forward
+/// ([`conv_bn_pool2_relu_train`]) for its backward.
+#[derive(Debug, Clone)]
+pub struct BlockState {
+    /// The convolution's output as the GEMM wrote it: the [`chunk`]s of
+    /// samples one after the other, each `[c_out, count, oh, ow]`.
+    pub y: Vec<f32>,
+    /// Where each pooled output's gradient goes (`[n, c_out, oh/2, ow/2]`).
+    pub arg: Vec<u8>,
+    /// The batch mean per channel.
+    pub mean: Vec<f32>,
+    /// The biased batch variance per channel.
+    pub var: Vec<f32>,
+}
+
+/// `f(p, co, plane, scratch)` for every plane of a convolution output `y`
+/// in the chunk-major layout of [`BlockState::y`], in the order of an
+/// `[n, c_out]` tensor (`p = sample * c_out + co`); chunks in parallel,
+/// each with a scratch buffer of its own.
+fn plane_values<T: Send + Copy + Default>(
+    y: &[f32],
+    s: &ConvShape,
+    f: impl Fn(usize, usize, &[f32], &mut Vec<f32>) -> T + Sync,
+) -> Vec<T> {
+    let (oh, ow) = s.out();
+    let ohw = oh * ow;
+    let mut out = vec![T::default(); s.n * s.c_out];
+    if out.is_empty() || ohw == 0 {
+        return out;
+    }
+    let per = chunk(s);
+    out.par_chunks_mut(per * s.c_out).zip(y.par_chunks(per * s.c_out * ohw)).enumerate().for_each(|(i, (o, yc))| {
+        let mut scratch = Vec::new();
+        let count = o.len() / s.c_out;
+        for co in 0..s.c_out {
+            for j in 0..count {
+                let plane = &yc[(co * count + j) * ohw..][..ohw];
+                o[j * s.c_out + co] = f((i * per + j) * s.c_out + co, co, plane, &mut scratch);
+            }
+        }
+    });
+    out
+}
+
+/// Per channel, the `f64` sum over samples (in sample order) of the `[n,
+/// c]` per-plane values `v`, divided by `count`.
+fn channel_means(v: &[f32], n: usize, c: usize, count: f64) -> Vec<f32> {
+    (0..c).map(|ci| ((0..n).map(|ni| v[ni * c + ci] as f64).sum::<f64>() / count) as f32).collect()
+}
+
+/// The small CNN's block in a training step, `relu(max_pool2(
+/// batch_norm_train(conv2d(x, weight))))`: the pooled output (`[n, c_out,
+/// oh/2, ow/2]`) and what the backward needs. Each chunk's plane sums are
+/// taken while the GEMM's output is in cache, and that output stays where
+/// the GEMM wrote it (no copy into `[n, c_out, oh, ow]`); the values, the
+/// statistics and where each gradient goes are those of
+/// [`conv2d_forward`] then [`batch_norm_pool2_relu_train`], bit for bit.
+pub fn conv_bn_pool2_relu_train(
+    x: &[f32],
+    weight: &[f32],
+    s: &ConvShape,
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+) -> (Vec<f32>, BlockState) {
+    let (oh, ow) = s.out();
+    let (ohw, pohw, k, c) = (oh * ow, (oh / 2) * (ow / 2), s.k(), s.c_out);
+    let per = chunk(s);
+    let mut y = vec![0f32; s.n * c * ohw];
+    let mut sums = vec![0f32; s.n * c];
+    if !sums.is_empty() && ohw > 0 {
+        let par = gemm_threads(s.n.div_ceil(per));
+        let chunks = y.par_chunks_mut(per * c * ohw).zip(sums.par_chunks_mut(per * c));
+        chunks.enumerate().for_each(|(i, (yc, sc))| {
+            with_scratch(|[cols, _, _]| {
+                let count = sc.len() / c;
+                let cols_n = count * ohw;
+                let cols = first(cols, k * cols_n);
+                im2col_into(x, s, i * per, count, cols);
+                matmul((c, cols_n, k), yc, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
+                for co in 0..c {
+                    for j in 0..count {
+                        sc[j * c + co] = lane_sum(&yc[(co * count + j) * ohw..][..ohw], |a| a);
+                    }
+                }
+            })
+        });
+    }
+    // The statistics as [`batch_stats`] takes them.
+    let count = (s.n * ohw).max(1) as f64;
+    let mean = channel_means(&sums, s.n, c, count);
+    let squares = plane_values(&y, s, |_, co, p, _| lane_sum(p, |a| (a - mean[co]) * (a - mean[co])));
+    let var = channel_means(&squares, s.n, c, count);
+    let (scale, shift) = affine(gamma, beta, &mean, &var, epsilon);
+    let mut out = vec![0f32; s.n * c * pohw];
+    let mut arg = vec![NO_GRAD; s.n * c * pohw];
+    if pohw > 0 {
+        let chunks = out.par_chunks_mut(per * c * pohw).zip(arg.par_chunks_mut(per * c * pohw));
+        chunks.zip(y.par_chunks(per * c * ohw)).for_each(|((o, a), yc)| {
+            let count = o.len() / (c * pohw);
+            for co in 0..c {
+                for j in 0..count {
+                    let p = j * c + co;
+                    let (o, a) = (&mut o[p * pohw..][..pohw], &mut a[p * pohw..][..pohw]);
+                    pool_plane::<true>(&yc[(co * count + j) * ohw..][..ohw], ow, (scale[co], shift[co]), o, a);
+                }
+            }
+        });
+    }
+    (out, BlockState { y, arg, mean, var })
+}
+
+/// Gradients of [`conv_bn_pool2_relu_train`] from the pooled output's
+/// gradient `g`: `(dx when need_x, dweight when need_weight, dgamma,
+/// dbeta)`. Batch norm's input gradient is made chunk by chunk straight in
+/// the layout the convolution's GEMMs read, never as a full-size tensor;
+/// the values are those of [`batch_norm_pool2_relu_backward`] then
+/// [`conv2d_backward`], bit for bit.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn conv_bn_pool2_relu_backward(
+    g: &[f32],
+    state: &BlockState,
+    x: &[f32],
+    weight: &[f32],
+    s: &ConvShape,
+    gamma: &[f32],
+    epsilon: f64,
+    need_x: bool,
+    need_weight: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let (oh, ow) = s.out();
+    let (ohw, c, n) = (oh * ow, s.c_out, s.n);
+    let BlockState { y, arg, mean, var } = state;
+    let pooled = Pooled { g, arg, h: oh, w: ow };
+    // The two per-channel sums as [`bn_backward`] takes them.
+    let pairs = plane_values(y, s, |p, co, plane, scratch| sum_and_dot_dev(pooled.plane(p, scratch), plane, mean[co]));
+    let sums: Vec<(f64, f64)> = (0..c)
+        .map(|co| {
+            let (mut a, mut b) = (0f64, 0f64);
+            for &(u, v) in pairs.iter().skip(co).step_by(c.max(1)).take(n) {
+                a += u as f64;
+                b += v as f64;
+            }
+            (a, b)
+        })
+        .collect();
+    let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * ohw).max(1) as f64);
+    let (dx, dw) = conv_backward_from(x, weight, s, need_x, need_weight, |n0, count, dyt| {
+        // This chunk of `y` has the layout of `dyt`.
+        let yc = &y[n0 * c * ohw..][..c * count * ohw];
+        let mut scratch = Vec::new();
+        for (co, &cf) in coef.iter().enumerate() {
+            for j in 0..count {
+                let at = (co * count + j) * ohw;
+                let gs = pooled.plane((n0 + j) * c + co, &mut scratch);
+                for ((d, &gv), &yv) in dyt[at..at + ohw].iter_mut().zip(gs).zip(&yc[at..at + ohw]) {
+                    *d = bn_dx(cf, gv, yv);
+                }
+            }
+        }
+    });
+    (dx, dw, dgamma, dbeta)
 }
 
 // ---------------------------------------------------------------------------
@@ -1274,6 +1494,17 @@ impl CpuLayers for Flex {
         tensor(out, Shape::new([n, c, h / 2, w / 2]))
     }
 
+    fn cpu_conv_bn_pool2_relu_train(
+        x: FlexTensor,
+        weight: FlexTensor,
+        [stride, pad]: [[usize; 2]; 2],
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> BatchNormOut<Flex> {
+        block_forward(x, weight, stride, pad, gamma, beta, epsilon).0
+    }
+
     fn cpu_conv_bn_pool2_relu_eval(
         x: FlexTensor,
         weight: FlexTensor,
@@ -1354,6 +1585,40 @@ fn bn_pool_forward(
         variance: tensor(var, Shape::new([c])),
     };
     (out, Some(Arc::new(arg)))
+}
+
+/// The small CNN's block with the batch statistics and, where our kernel
+/// ran, the (contiguous) input, the convolution's shape and what the
+/// backward needs (`None` where Burn's layers ran because an input is not
+/// `f32`).
+#[allow(clippy::type_complexity)]
+fn block_forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    stride: [usize; 2],
+    pad: [usize; 2],
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    epsilon: f64,
+) -> (BatchNormOut<Flex>, Option<(FlexTensor, ConvShape, BlockState)>) {
+    if !is_f32(&x) || !is_f32(&weight) {
+        let y = conv_forward(x, weight, stride, pad).0;
+        return (bn_pool_forward(y, gamma, beta, epsilon).0, None);
+    }
+    launched();
+    let [n, c, h, w] = x.shape().dims::<4>();
+    let [c_out, _, kh, kw] = weight.shape().dims::<4>();
+    let s = ConvShape { n, c, h, w, c_out, kh, kw, stride, pad };
+    let [x, weight, gamma, beta] = [x, weight, gamma, beta].map(contiguous);
+    let (out, state) =
+        conv_bn_pool2_relu_train(values(&x), values(&weight), &s, values(&gamma), values(&beta), epsilon);
+    let (oh, ow) = s.out();
+    let r = BatchNormOut {
+        output: tensor(out, Shape::new([n, c_out, oh / 2, ow / 2])),
+        mean: tensor(state.mean.clone(), Shape::new([c_out])),
+        variance: tensor(state.var.clone(), Shape::new([c_out])),
+    };
+    (r, Some((x, s, state)))
 }
 
 /// The pooled output and where each output's gradient goes (`None` where
@@ -1475,6 +1740,44 @@ impl Backward<Flex, 2> for ConvBackward {
     }
 }
 
+#[derive(Debug)]
+struct BlockBackward;
+
+impl Backward<Flex, 4> for BlockBackward {
+    /// The input, the weight, gamma, the convolution's shape, what the
+    /// forward kept and epsilon.
+    type State = (FlexTensor, FlexTensor, FlexTensor, ConvShape, Arc<BlockState>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight, node_gamma, node_beta] = ops.parents;
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, weight, gamma, s, state, epsilon) = ops.state;
+        let (dx, dw, dgamma, dbeta) = conv_bn_pool2_relu_backward(
+            values(&grad),
+            &state,
+            values(&x),
+            values(&weight),
+            &s,
+            values(&gamma),
+            epsilon,
+            node_x.is_some(),
+            node_weight.is_some(),
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, Shape::new([s.n, s.c, s.h, s.w])));
+        }
+        if let (Some(node), Some(dw)) = (node_weight, dw) {
+            grads.register::<Flex>(node.id, tensor(dw, Shape::new([s.c_out, s.c, s.kh, s.kw])));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(dgamma, Shape::new([s.c_out])));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(dbeta, Shape::new([s.c_out])));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
     fn cpu_batch_norm_train(
         x: FloatTensor<Self>,
@@ -1527,6 +1830,45 @@ impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
         burn_pool2_relu::<Self>(<Self as ModuleOps<Self>>::batch_norm(x, gamma, beta, mean, variance, epsilon))
     }
 
+    fn cpu_conv_bn_pool2_relu_train(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        [stride, pad]: [[usize; 2]; 2],
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> BatchNormOut<Self> {
+        if !is_f32(x.primitive()) || !is_f32(weight.primitive()) {
+            let y = Self::cpu_conv2d(x, weight, stride[0], stride[1], pad[0], pad[1]);
+            return Self::cpu_batch_norm_pool2_relu_train(y, gamma, beta, epsilon);
+        }
+        let constant = FloatTensor::<Self>::new;
+        let nodes = [x.node(), weight.node(), gamma.node(), beta.node()];
+        match BlockBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (w, g) = (contiguous(weight.into_primitive()), contiguous(gamma.into_primitive()));
+                let (r, kept) = block_forward(
+                    x.into_primitive(),
+                    w.clone(),
+                    stride,
+                    pad,
+                    g.clone(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let (x, s, state) = kept.expect("f32 inputs run our kernel");
+                let output = prep.finish((x, w, g, s, Arc::new(state), epsilon), r.output);
+                BatchNormOut { output, mean: constant(r.mean), variance: constant(r.variance) }
+            }
+            OpsKind::UnTracked(prep) => {
+                let (x, w, g, b) =
+                    (x.into_primitive(), weight.into_primitive(), gamma.into_primitive(), beta.into_primitive());
+                let (r, _) = block_forward(x, w, stride, pad, g, b, epsilon);
+                BatchNormOut { output: prep.finish(r.output), mean: constant(r.mean), variance: constant(r.variance) }
+            }
+        }
+    }
+
     fn cpu_conv_bn_pool2_relu_eval(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -1537,7 +1879,7 @@ impl<C: CheckpointStrategy> CpuLayers for Autodiff<Flex, C> {
         variance: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        // The two differentiable steps.
+        // The two differentiable steps (a frozen block on an autodiff device).
         let y = Self::cpu_conv2d(x, weight, sh, sw, ph, pw);
         Self::cpu_batch_norm_pool2_relu_eval(y, gamma, beta, mean, variance, epsilon)
     }
