@@ -55,6 +55,7 @@
 //! `tests/cpu_kernels.rs`.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -966,13 +967,28 @@ fn gemm_threads(chunks: usize) -> gemm::Parallelism {
     }
 }
 
+/// What a GEMM's output may be: `f32`, or `MaybeUninit<f32>` for memory the
+/// GEMM fills without reading it first (same layout).
+trait GemmOut {
+    const ZERO: Self;
+}
+
+impl GemmOut for f32 {
+    const ZERO: f32 = 0.0;
+}
+
+impl GemmOut for MaybeUninit<f32> {
+    const ZERO: Self = MaybeUninit::new(0.0);
+}
+
 /// `dst[m, n] = lhs[m, k] x rhs[k, n]`: row-major `dst` with row stride
 /// `dst_rs`, `lhs` and `rhs` given by (row, column) strides, on the GEMM
-/// that `flex` uses.
+/// that `flex` uses. Every element of the `m x n` block is written and
+/// none is read, so `dst` may be uninitialised memory.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+fn matmul<D: GemmOut>(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
+    dst: &mut [D],
     dst_rs: usize,
     lhs: &[f32],
     (lhs_rs, lhs_cs): (usize, usize),
@@ -986,19 +1002,21 @@ fn matmul(
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     assert!(last(m, n, dst_rs, 1) < dst.len(), "matmul: dst out of bounds");
     if k == 0 {
-        dst.iter_mut().for_each(|v| *v = 0.0);
+        dst.iter_mut().for_each(|v| *v = D::ZERO);
         return;
     }
     assert!(last(m, k, lhs_rs, lhs_cs) < lhs.len(), "matmul: lhs out of bounds");
     assert!(last(k, n, rhs_rs, rhs_cs) < rhs.len(), "matmul: rhs out of bounds");
     // SAFETY: every index the GEMM reads or writes is inside the slices
-    // (checked above), and `dst` does not alias the inputs (a `&mut`).
+    // (checked above), `dst` does not alias the inputs (a `&mut`), and its
+    // elements are `f32` or `MaybeUninit<f32>`, which the GEMM (not reading
+    // `dst`: `read_dst` false) writes as `f32`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             dst_rs as isize,
             false,
@@ -1288,11 +1306,13 @@ pub fn conv_bn_pool2_relu_train(
     let (oh, ow) = s.out();
     let (ohw, pohw, k, c) = (oh * ow, (oh / 2) * (ow / 2), s.k(), s.c_out);
     let per = chunk(s);
-    let mut y = vec![0f32; s.n * c * ohw];
+    // Written by the GEMMs, so never cleared first.
+    let len = s.n * c * ohw;
+    let mut y = Vec::with_capacity(len);
     let mut sums = vec![0f32; s.n * c];
-    if !sums.is_empty() && ohw > 0 {
+    if len > 0 {
         let par = gemm_threads(s.n.div_ceil(per));
-        let chunks = y.par_chunks_mut(per * c * ohw).zip(sums.par_chunks_mut(per * c));
+        let chunks = y.spare_capacity_mut()[..len].par_chunks_mut(per * c * ohw).zip(sums.par_chunks_mut(per * c));
         chunks.enumerate().for_each(|(i, (yc, sc))| {
             with_scratch(|[cols, _, _]| {
                 let count = sc.len() / c;
@@ -1300,6 +1320,8 @@ pub fn conv_bn_pool2_relu_train(
                 let cols = first(cols, k * cols_n);
                 im2col_into(x, s, i * per, count, cols);
                 matmul((c, cols_n, k), yc, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
+                // SAFETY: the GEMM wrote all of `yc` (`c` rows of `cols_n`).
+                let yc = unsafe { yc.assume_init_ref() };
                 for co in 0..c {
                     for j in 0..count {
                         sc[j * c + co] = lane_sum(&yc[(co * count + j) * ohw..][..ohw], |a| a);
@@ -1308,6 +1330,9 @@ pub fn conv_bn_pool2_relu_train(
             })
         });
     }
+    // SAFETY: the chunks tile the first `len` elements and each GEMM wrote
+    // all of its chunk (none to write when `len` is 0).
+    unsafe { y.set_len(len) };
     // The statistics as [`batch_stats`] takes them.
     let count = (s.n * ohw).max(1) as f64;
     let mean = channel_means(&sums, s.n, c, count);
