@@ -383,20 +383,42 @@ fn sum_and_dot_dev(g: &[f32], a: &[f32], m: f32) -> (f32, f32) {
     (s1, d1)
 }
 
-/// Per-channel mean and biased variance of `x` (`[n, c, hw]`), two passes
-/// per channel, planes summed in `f64`.
+/// Per-channel mean and biased variance of `x` (`[n, c, hw]`), two passes:
+/// each plane's sum (8 lanes, `f32`), the planes' summed per channel in
+/// [`channel_means`]; then likewise the squared deviations from the mean.
 pub fn batch_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
     let count = (n * hw).max(1) as f64;
-    let stats: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
+    let per_plane = |f: &(dyn Fn(usize, &[f32]) -> f32 + Sync)| -> Vec<f32> {
+        if hw == 0 {
+            return vec![0.0; n * c];
+        }
+        x.par_chunks(hw).enumerate().with_min_len(8).map(|(p, plane)| f(p % c, plane)).collect()
+    };
+    let mean = channel_means(&per_plane(&|_, p| lane_sum(p, |a| a)), n, c, count);
+    let squares = per_plane(&|ci, p| lane_sum(p, |a| (a - mean[ci]) * (a - mean[ci])));
+    let var = channel_means(&squares, n, c, count);
+    (mean, var)
+}
+
+/// Per channel, the `f64` sum over samples (in sample order) of the `[n,
+/// c]` per-plane values `v`, divided by `count`.
+fn channel_means(v: &[f32], n: usize, c: usize, count: f64) -> Vec<f32> {
+    (0..c).map(|ci| ((0..n).map(|ni| v[ni * c + ci] as f64).sum::<f64>() / count) as f32).collect()
+}
+
+/// Per channel, the `f64` sums over samples (in sample order) of the `[n,
+/// c]` per-plane pairs `v`: batch norm's two backward sums.
+fn channel_pair_sums(v: &[(f32, f32)], n: usize, c: usize) -> Vec<(f64, f64)> {
+    (0..c)
         .map(|ci| {
-            let plane = |ni: usize| &x[(ni * c + ci) * hw..(ni * c + ci + 1) * hw];
-            let mean = ((0..n).map(|ni| lane_sum(plane(ni), |a| a) as f64).sum::<f64>() / count) as f32;
-            let var = (0..n).map(|ni| lane_sum(plane(ni), |a| (a - mean) * (a - mean)) as f64).sum::<f64>() / count;
-            (mean, var as f32)
+            let (mut a, mut b) = (0f64, 0f64);
+            for &(u, w) in v.iter().skip(ci).step_by(c.max(1)).take(n) {
+                a += u as f64;
+                b += w as f64;
+            }
+            (a, b)
         })
-        .collect();
-    stats.into_iter().unzip()
+        .collect()
 }
 
 /// `x * scale[c] + shift[c]` over `[n, c, hw]`.
@@ -487,19 +509,12 @@ fn bn_backward(
     var: &[f32],
     epsilon: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let sums: Vec<(f64, f64)> = (0..c)
+    let pairs: Vec<(f32, f32)> = (0..n * c)
         .into_par_iter()
-        .map_init(Vec::new, |scratch, ci| {
-            let (mut s, mut d) = (0f64, 0f64);
-            for ni in 0..n {
-                let p = ni * c + ci;
-                let (a, b) = sum_and_dot_dev(dy.plane(p, scratch), &x[p * hw..(p + 1) * hw], mean[ci]);
-                s += a as f64;
-                d += b as f64;
-            }
-            (s, d)
-        })
+        .with_min_len(8)
+        .map_init(Vec::new, |scratch, p| sum_and_dot_dev(dy.plane(p, scratch), &x[p * hw..(p + 1) * hw], mean[p % c]))
         .collect();
+    let sums = channel_pair_sums(&pairs, n, c);
     let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * hw).max(1) as f64);
     // Written once, element by element, so never cleared first.
     let mut dx = Vec::with_capacity(x.len());
@@ -1282,12 +1297,6 @@ fn plane_values<T: Send + Copy + Default>(
     out
 }
 
-/// Per channel, the `f64` sum over samples (in sample order) of the `[n,
-/// c]` per-plane values `v`, divided by `count`.
-fn channel_means(v: &[f32], n: usize, c: usize, count: f64) -> Vec<f32> {
-    (0..c).map(|ci| ((0..n).map(|ni| v[ni * c + ci] as f64).sum::<f64>() / count) as f32).collect()
-}
-
 /// The small CNN's block in a training step, `relu(max_pool2(
 /// batch_norm_train(conv2d(x, weight))))`: the pooled output (`[n, c_out,
 /// oh/2, ow/2]`) and what the backward needs. Each chunk's plane sums are
@@ -1381,16 +1390,7 @@ pub fn conv_bn_pool2_relu_backward(
     let pooled = Pooled { g, arg, h: oh, w: ow };
     // The two per-channel sums as [`bn_backward`] takes them.
     let pairs = plane_values(y, s, |p, co, plane, scratch| sum_and_dot_dev(pooled.plane(p, scratch), plane, mean[co]));
-    let sums: Vec<(f64, f64)> = (0..c)
-        .map(|co| {
-            let (mut a, mut b) = (0f64, 0f64);
-            for &(u, v) in pairs.iter().skip(co).step_by(c.max(1)).take(n) {
-                a += u as f64;
-                b += v as f64;
-            }
-            (a, b)
-        })
-        .collect();
+    let sums = channel_pair_sums(&pairs, n, c);
     let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * ohw).max(1) as f64);
     let (dx, dw) = conv_backward_from(x, weight, s, need_x, need_weight, |n0, count, dyt| {
         // This chunk of `y` has the layout of `dyt`.
