@@ -484,10 +484,12 @@ fn fused_inference_block_matches_the_unfused_kernels_bit_for_bit_and_burn() {
 /// The small CNN's block cases of the fused tests: (input, c_out, kernel,
 /// stride, padding): its three blocks at small batches, odd sides (the
 /// pooling drops a row and a column), a strided and an unpadded
-/// convolution, a batch split into chunks with a remainder, and an output
-/// too small to pool.
-const BLOCK_CASES: [([usize; 4], usize, usize, usize, usize); 7] = [
+/// convolution, a batch split into chunks with a remainder (the forward's
+/// chunks and the backward's differing in the first layer's shape), and an
+/// output too small to pool.
+const BLOCK_CASES: [([usize; 4], usize, usize, usize, usize); 8] = [
     ([3, 1, 28, 28], 8, 3, 1, 1),
+    ([12, 1, 28, 28], 32, 3, 1, 1),
     ([2, 8, 14, 14], 16, 3, 1, 1),
     ([2, 16, 7, 7], 12, 3, 1, 1),
     ([2, 3, 11, 9], 5, 3, 2, 1),

@@ -1257,9 +1257,12 @@ fn conv_backward_from(
 /// ([`conv_bn_pool2_relu_train`]) for its backward.
 #[derive(Debug, Clone)]
 pub struct BlockState {
-    /// The convolution's output as the GEMM wrote it: the [`chunk`]s of
-    /// samples one after the other, each `[c_out, count, oh, ow]`.
+    /// The convolution's output as the GEMM wrote it: chunks of `per`
+    /// samples (the last one shorter) one after the other, each `[c_out,
+    /// count, oh, ow]`.
     pub y: Vec<f32>,
+    /// Samples per chunk of `y` ([`out_chunk`]).
+    pub per: usize,
     /// Where each pooled output's gradient goes (`[n, c_out, oh/2, ow/2]`).
     pub arg: Vec<u8>,
     /// The batch mean per channel.
@@ -1268,13 +1271,32 @@ pub struct BlockState {
     pub var: Vec<f32>,
 }
 
+/// Samples per chunk of the training block's forward: as [`chunk`], but
+/// so that the convolution's output stays near 1 MB too (the first
+/// layer's 32 output planes a sample are 3.5 times its column matrix).
+fn out_chunk(s: &ConvShape) -> usize {
+    let (oh, ow) = s.out();
+    (262_144 / (s.k().max(s.c_out) * oh * ow).max(1)).clamp(1, s.n.max(1))
+}
+
+/// Plane `(ni, co)` of a convolution output `y` in the chunk-major layout
+/// of [`BlockState::y`] with chunks of `per` samples.
+fn block_plane<'a>(y: &'a [f32], s: &ConvShape, per: usize, ni: usize, co: usize) -> &'a [f32] {
+    let (oh, ow) = s.out();
+    let ohw = oh * ow;
+    let (i, j) = (ni / per, ni % per);
+    let count = per.min(s.n - i * per);
+    &y[i * per * s.c_out * ohw + (co * count + j) * ohw..][..ohw]
+}
+
 /// `f(p, co, plane, scratch)` for every plane of a convolution output `y`
-/// in the chunk-major layout of [`BlockState::y`], in the order of an
-/// `[n, c_out]` tensor (`p = sample * c_out + co`); chunks in parallel,
-/// each with a scratch buffer of its own.
+/// in the chunk-major layout of [`BlockState::y`] (chunks of `per`
+/// samples), in the order of an `[n, c_out]` tensor (`p = sample * c_out +
+/// co`); chunks in parallel, each with a scratch buffer of its own.
 fn plane_values<T: Send + Copy + Default>(
     y: &[f32],
     s: &ConvShape,
+    per: usize,
     f: impl Fn(usize, usize, &[f32], &mut Vec<f32>) -> T + Sync,
 ) -> Vec<T> {
     let (oh, ow) = s.out();
@@ -1283,7 +1305,6 @@ fn plane_values<T: Send + Copy + Default>(
     if out.is_empty() || ohw == 0 {
         return out;
     }
-    let per = chunk(s);
     out.par_chunks_mut(per * s.c_out).zip(y.par_chunks(per * s.c_out * ohw)).enumerate().for_each(|(i, (o, yc))| {
         let mut scratch = Vec::new();
         let count = o.len() / s.c_out;
@@ -1314,7 +1335,7 @@ pub fn conv_bn_pool2_relu_train(
 ) -> (Vec<f32>, BlockState) {
     let (oh, ow) = s.out();
     let (ohw, pohw, k, c) = (oh * ow, (oh / 2) * (ow / 2), s.k(), s.c_out);
-    let per = chunk(s);
+    let per = out_chunk(s);
     // Written by the GEMMs, so never cleared first.
     let len = s.n * c * ohw;
     let mut y = Vec::with_capacity(len);
@@ -1345,7 +1366,7 @@ pub fn conv_bn_pool2_relu_train(
     // The statistics as [`batch_stats`] takes them.
     let count = (s.n * ohw).max(1) as f64;
     let mean = channel_means(&sums, s.n, c, count);
-    let squares = plane_values(&y, s, |_, co, p, _| lane_sum(p, |a| (a - mean[co]) * (a - mean[co])));
+    let squares = plane_values(&y, s, per, |_, co, p, _| lane_sum(p, |a| (a - mean[co]) * (a - mean[co])));
     let var = channel_means(&squares, s.n, c, count);
     let (scale, shift) = affine(gamma, beta, &mean, &var, epsilon);
     let mut out = vec![0f32; s.n * c * pohw];
@@ -1363,7 +1384,7 @@ pub fn conv_bn_pool2_relu_train(
             }
         });
     }
-    (out, BlockState { y, arg, mean, var })
+    (out, BlockState { y, per, arg, mean, var })
 }
 
 /// Gradients of [`conv_bn_pool2_relu_train`] from the pooled output's
@@ -1386,21 +1407,21 @@ pub fn conv_bn_pool2_relu_backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (oh, ow) = s.out();
     let (ohw, c, n) = (oh * ow, s.c_out, s.n);
-    let BlockState { y, arg, mean, var } = state;
+    let BlockState { y, per, arg, mean, var } = state;
     let pooled = Pooled { g, arg, h: oh, w: ow };
     // The two per-channel sums as [`bn_backward`] takes them.
-    let pairs = plane_values(y, s, |p, co, plane, scratch| sum_and_dot_dev(pooled.plane(p, scratch), plane, mean[co]));
+    let pairs =
+        plane_values(y, s, *per, |p, co, plane, scratch| sum_and_dot_dev(pooled.plane(p, scratch), plane, mean[co]));
     let sums = channel_pair_sums(&pairs, n, c);
     let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * ohw).max(1) as f64);
     let (dx, dw) = conv_backward_from(x, weight, s, need_x, need_weight, |n0, count, dyt| {
-        // This chunk of `y` has the layout of `dyt`.
-        let yc = &y[n0 * c * ohw..][..c * count * ohw];
         let mut scratch = Vec::new();
         for (co, &cf) in coef.iter().enumerate() {
             for j in 0..count {
                 let at = (co * count + j) * ohw;
                 let gs = pooled.plane((n0 + j) * c + co, &mut scratch);
-                for ((d, &gv), &yv) in dyt[at..at + ohw].iter_mut().zip(gs).zip(&yc[at..at + ohw]) {
+                let yp = block_plane(y, s, *per, n0 + j, co);
+                for ((d, &gv), &yv) in dyt[at..at + ohw].iter_mut().zip(gs).zip(yp) {
                     *d = bn_dx(cf, gv, yv);
                 }
             }
