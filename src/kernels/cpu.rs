@@ -34,13 +34,18 @@
 //!   for an input that needs no gradient (the first layer's images).
 //! - The small CNN's whole block (conv, batch norm, pooling, ReLU) is one
 //!   kernel. At inference each chunk's convolution output is normalised,
-//!   pooled and clipped while in cache. In a training step each chunk's
-//!   plane sums are taken while its GEMM output is in cache and that output
-//!   stays in the GEMM's layout; backward, batch norm's input gradient is
-//!   made chunk by chunk straight in the layout the convolution's GEMMs
-//!   read, never as a full-size tensor, and never transposed. Values and
-//!   gradients are those of the layers' kernels one after the other, bit
-//!   for bit.
+//!   pooled and clipped while in cache (the same values as the layers'
+//!   kernels one after the other, bit for bit). In a training step the
+//!   convolution's GEMMs write their output channels last (`[n, oh, ow,
+//!   c]`), each chunk's channel sums taken while it is in cache, and batch
+//!   norm, pooling and their backward run with the channels as the vector
+//!   dimension; batch norm's input gradient is made chunk by chunk,
+//!   channels last, straight where the convolution's GEMMs read it. The
+//!   statistics are summed in another order than the standalone batch
+//!   norm's, so that op matches the layers' kernels to rounding.
+//! - The loops of the training block, pooling at inference, run through
+//!   `wide_fn!`: compiled for AVX2 and FMA too and chosen at run time,
+//!   with the same bits as the baseline build.
 //!
 //! How they reach Burn: a backend extension trait, [`CpuLayers`],
 //! implemented for `Flex` (the kernels) and for `Autodiff<Flex>` (the
@@ -50,9 +55,10 @@
 //! and route a tensor there when it lives on `flex` as `f32` (and the
 //! layer is one the kernel covers), and to Burn's own layers otherwise, so
 //! the wgpu and CUDA paths are unchanged. Every kernel is checked against
-//! Burn's layers, the fused ones against the unfused bit for bit, and the
-//! convolution also against a plain `f64` reference, in
-//! `tests/cpu_kernels.rs`.
+//! Burn's layers, the fused ones against the unfused (bit for bit where
+//! they sum in the same order, to rounding for the training block), the
+//! AVX2 build against the baseline bit for bit, and the convolution also
+//! against a plain `f64` reference, in `tests/cpu_kernels.rs`.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -322,7 +328,8 @@ fn ours(conv: &Conv2d, x: &Tensor<4>) -> Option<[[usize; 2]; 2]> {
 /// trains on an autodiff device) and at inference, that never makes the
 /// full-size normalised tensor nor, backward, its gradient; otherwise
 /// [`conv2d`] then [`batch_norm_pool2_relu`]. The same values and
-/// gradients either way on `flex`, bit for bit.
+/// gradients either way on `flex`: bit for bit at inference, to rounding
+/// in a training step (the statistics are summed in another order).
 pub fn conv_bn_pool2_relu(conv: &Conv2d, bn: &BatchNorm, pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     let fused = ours(conv, &x).filter(|_| conv.weight.dims()[0] == bn.gamma.dims()[0] && is_pool2(pool));
     let Some(params) = fused else {
@@ -346,6 +353,55 @@ pub fn conv_bn_pool2_relu(conv: &Conv2d, bn: &BatchNorm, pool: &MaxPool2d, x: Te
 
 // ---------------------------------------------------------------------------
 // Plain kernels on contiguous NCHW slices.
+
+/// Set by [`set_baseline_only`].
+static BASELINE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the kernels of `wide_fn!` run their baseline build even where
+/// the CPU has AVX2 and FMA (`true`), or choose again (`false`): for tests
+/// and benchmarks that compare the two builds.
+pub fn set_baseline_only(on: bool) {
+    BASELINE_ONLY.store(on, Ordering::Relaxed);
+}
+
+/// Whether the CPU has AVX2 and FMA (x86-64 only; the detection is cached)
+/// and [`set_baseline_only`] is off.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn wide_cpu() -> bool {
+    !BASELINE_ONLY.load(Ordering::Relaxed)
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+}
+
+/// `fn name(args) -> ret { body }` compiled twice, for the baseline and,
+/// on x86-64, for AVX2 and FMA, the second chosen at run time where the CPU
+/// has them: the loops of the body (and of the `#[inline(always)]` helpers
+/// it calls) then vectorise 8 lanes wide instead of 4. The arithmetic does
+/// not change (Rust never fuses a multiply and an add by itself), so both
+/// give the same bits. Bodies stay serial: a closure handed to another
+/// thread would be compiled for the baseline.
+macro_rules! wide_fn {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn body($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($a: $t),*) {
+                    body($($a),*)
+                }
+                if wide_cpu() {
+                    // SAFETY: the CPU has the features `v3` is compiled for.
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
 
 /// Sum of `f(a)` over a slice, with 8 independent accumulators (so it
 /// vectorises).
@@ -1149,12 +1205,23 @@ pub fn conv_bn_pool2_relu_eval(x: &[f32], weight: &[f32], s: &ConvShape, scale: 
         let cols_n = count * ohw;
         let y = first(y, s.c_out * cols_n);
         matmul((s.c_out, cols_n, k), y, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
-        for (p, op) in o.chunks_exact_mut(pohw).enumerate() {
-            let (j, co) = (p / s.c_out, p % s.c_out);
-            pool_plane::<false>(&y[co * cols_n + j * ohw..][..ohw], ow, (scale[co], shift[co]), op, &mut []);
-        }
+        eval_pool(y, s.c_out, oh, ow, scale, shift, o);
     });
     out
+}
+
+wide_fn! {
+    /// Batch norm with given `scale` and `shift`, 2x2 max pooling and ReLU
+    /// of one chunk's convolution output `y` (`[c, count, oh * ow]`) into
+    /// its pooled planes `o` (`[count, c, oh/2, ow/2]`, not empty).
+    fn eval_pool(y: &[f32], c: usize, oh: usize, ow: usize, scale: &[f32], shift: &[f32], o: &mut [f32]) {
+        let (ohw, pohw) = (oh * ow, (oh / 2) * (ow / 2));
+        let cols_n = o.len() / (c * pohw) * ohw;
+        for (p, op) in o.chunks_exact_mut(pohw).enumerate() {
+            let (j, co) = (p / c, p % c);
+            pool_plane::<false>(&y[co * cols_n + j * ohw..][..ohw], ow, (scale[co], shift[co]), op, &mut []);
+        }
+    }
 }
 
 /// Gradients of [`conv2d_forward`] from the output's (`[n, c_out, oh, ow]`):
@@ -1169,7 +1236,7 @@ pub fn conv2d_backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (oh, ow) = s.out();
     let ohw = oh * ow;
-    conv_backward_from(x, weight, s, need_x, need_weight, |n0, count, dyt| {
+    conv_backward_from(x, weight, s, need_x, need_weight, None, |n0, count, dyt| {
         // [count, c_out, ohw] -> [c_out, count * ohw].
         let cols_n = count * ohw;
         for co in 0..s.c_out {
@@ -1182,21 +1249,25 @@ pub fn conv2d_backward(
 
 /// The convolution's backward with the output's gradient given chunk by
 /// chunk: `fill(n0, count, dyt)` writes that of samples `n0..n0 + count`
-/// (a [`chunk`]) into every element of `dyt` as `[c_out, count * oh *
-/// ow]`. Per chunk: the column matrix again, the weight gradient's share
-/// (summed over chunks in chunk order) and the input gradient (`weight^T
-/// x dy`, back through the adjoint of the column matrix).
+/// into every element of `dyt`, as `[c_out, count * oh * ow]` in chunks of
+/// [`chunk`] samples, or channels last (`[count * oh * ow, c_out]`) in
+/// chunks of `per` samples when `channels_last` is `Some(per)`. Per chunk:
+/// the column matrix again, the weight gradient's share (summed over
+/// chunks in chunk order) and the input gradient (`weight^T x dy`, back
+/// through the adjoint of the column matrix).
 fn conv_backward_from(
     x: &[f32],
     weight: &[f32],
     s: &ConvShape,
     need_x: bool,
     need_weight: bool,
+    channels_last: Option<usize>,
     fill: impl Fn(usize, usize, &mut [f32]) + Sync,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     let (oh, ow) = s.out();
     let (ohw, k) = (oh * ow, s.k());
-    let per = chunk(s);
+    let per = channels_last.unwrap_or_else(|| chunk(s));
+    let cl = channels_last.is_some();
     let chunks = s.n.div_ceil(per);
     let par = gemm_threads(chunks);
     let sample = s.c * s.h * s.w;
@@ -1217,12 +1288,14 @@ fn conv_backward_from(
             let cols = first(cols, k * cols_n);
             im2col_into(x, s, n0, count, cols);
             let mut dwt = vec![0f32; k * s.c_out];
-            matmul((k, s.c_out, cols_n), &mut dwt, s.c_out, cols, (cols_n, 1), dyt, (1, cols_n), par);
+            let dyt_t = if cl { (s.c_out, 1) } else { (1, cols_n) };
+            matmul((k, s.c_out, cols_n), &mut dwt, s.c_out, cols, (cols_n, 1), dyt, dyt_t, par);
             dwt
         });
         if let Some(dxc) = dxc {
             let dcols = first(dcols, k * cols_n);
-            matmul((k, cols_n, s.c_out), dcols, cols_n, weight, (1, k), dyt, (cols_n, 1), par);
+            let dy = if cl { (1, s.c_out) } else { (cols_n, 1) };
+            matmul((k, cols_n, s.c_out), dcols, cols_n, weight, (1, k), dyt, dy, par);
             col2im_add(dcols, s, count, dxc);
         }
         dwt
@@ -1257,13 +1330,14 @@ fn conv_backward_from(
 /// ([`conv_bn_pool2_relu_train`]) for its backward.
 #[derive(Debug, Clone)]
 pub struct BlockState {
-    /// The convolution's output as the GEMM wrote it: chunks of `per`
-    /// samples (the last one shorter) one after the other, each `[c_out,
-    /// count, oh, ow]`.
+    /// The convolution's output, channels last: `[n, oh, ow, c_out]` (the
+    /// layout its GEMMs write fastest, and batch norm and pooling read
+    /// with the channels as the vector dimension).
     pub y: Vec<f32>,
-    /// Samples per chunk of `y` ([`out_chunk`]).
+    /// Samples per chunk of the forward and backward GEMMs ([`out_chunk`]).
     pub per: usize,
-    /// Where each pooled output's gradient goes (`[n, c_out, oh/2, ow/2]`).
+    /// Where each pooled output's gradient goes, channels last: `[n, oh/2,
+    /// ow/2, c_out]`.
     pub arg: Vec<u8>,
     /// The batch mean per channel.
     pub mean: Vec<f32>,
@@ -1271,60 +1345,164 @@ pub struct BlockState {
     pub var: Vec<f32>,
 }
 
-/// Samples per chunk of the training block's forward: as [`chunk`], but
-/// so that the convolution's output stays near 1 MB too (the first
-/// layer's 32 output planes a sample are 3.5 times its column matrix).
+/// Samples per chunk of the training block: its column matrix, its output
+/// and its output's gradient each stay near 1 MB.
 fn out_chunk(s: &ConvShape) -> usize {
     let (oh, ow) = s.out();
     (262_144 / (s.k().max(s.c_out) * oh * ow).max(1)).clamp(1, s.n.max(1))
 }
 
-/// Plane `(ni, co)` of a convolution output `y` in the chunk-major layout
-/// of [`BlockState::y`] with chunks of `per` samples.
-fn block_plane<'a>(y: &'a [f32], s: &ConvShape, per: usize, ni: usize, co: usize) -> &'a [f32] {
-    let (oh, ow) = s.out();
-    let ohw = oh * ow;
-    let (i, j) = (ni / per, ni % per);
-    let count = per.min(s.n - i * per);
-    &y[i * per * s.c_out * ohw + (co * count + j) * ohw..][..ohw]
-}
-
-/// `f(p, co, plane, scratch)` for every plane of a convolution output `y`
-/// in the chunk-major layout of [`BlockState::y`] (chunks of `per`
-/// samples), in the order of an `[n, c_out]` tensor (`p = sample * c_out +
-/// co`); chunks in parallel, each with a scratch buffer of its own.
-fn plane_values<T: Send + Copy + Default>(
-    y: &[f32],
-    s: &ConvShape,
-    per: usize,
-    f: impl Fn(usize, usize, &[f32], &mut Vec<f32>) -> T + Sync,
-) -> Vec<T> {
-    let (oh, ow) = s.out();
-    let ohw = oh * ow;
-    let mut out = vec![T::default(); s.n * s.c_out];
-    if out.is_empty() || ohw == 0 {
-        return out;
-    }
-    out.par_chunks_mut(per * s.c_out).zip(y.par_chunks(per * s.c_out * ohw)).enumerate().for_each(|(i, (o, yc))| {
-        let mut scratch = Vec::new();
-        let count = o.len() / s.c_out;
-        for co in 0..s.c_out {
-            for j in 0..count {
-                let plane = &yc[(co * count + j) * ohw..][..ohw];
-                o[j * s.c_out + co] = f((i * per + j) * s.c_out + co, co, plane, &mut scratch);
+wide_fn! {
+    /// Adds to `out[co]` the sum over the rows of `y` (`[rows, c]`, channels
+    /// last) of channel `co`: `f32` over blocks of 32 rows, the blocks in
+    /// `f64`, vectorised over the channels.
+    fn cl_sums(y: &[f32], c: usize, out: &mut [f64]) {
+        let mut acc = vec![0f32; c];
+        for block in y.chunks(32 * c) {
+            acc.fill(0.0);
+            for row in block.chunks_exact(c) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            for (o, &a) in out.iter_mut().zip(&acc) {
+                *o += a as f64;
             }
         }
-    });
-    out
+    }
+}
+
+wide_fn! {
+    /// As [`cl_sums`], of the squared deviations from each channel's `mean`.
+    fn cl_squares(y: &[f32], c: usize, mean: &[f32], out: &mut [f64]) {
+        let mut acc = vec![0f32; c];
+        for block in y.chunks(32 * c) {
+            acc.fill(0.0);
+            for row in block.chunks_exact(c) {
+                for ((a, &v), &m) in acc.iter_mut().zip(row).zip(mean) {
+                    *a += (v - m) * (v - m);
+                }
+            }
+            for (o, &a) in out.iter_mut().zip(&acc) {
+                *o += a as f64;
+            }
+        }
+    }
+}
+
+wide_fn! {
+    /// Batch norm (`scale`, `shift`), 2x2 max pooling and ReLU of one
+    /// sample's channels-last output `ys` (`[oh, ow, c]`) into its pooled
+    /// planes `o` (`[c, oh/2, ow/2]`) and, channels last, where each pooled
+    /// output's gradient goes (`a`).
+    #[allow(clippy::too_many_arguments)]
+    fn cl_pool(ys: &[f32], c: usize, oh: usize, ow: usize, scale: &[f32], shift: &[f32], o: &mut [f32], a: &mut [u8]) {
+        let (ph, pw) = (oh / 2, ow / 2);
+        let pohw = ph * pw;
+        let mut pooled = vec![0f32; c];
+        for oy in 0..ph {
+            for ox in 0..pw {
+                let q = oy * pw + ox;
+                let [r0, r1, r2, r3] = window_rows(oy, ox, ow, c).map(|at| &ys[at..at + c]);
+                let rows = r0.iter().zip(r1).zip(r2.iter().zip(r3));
+                let outs = pooled.iter_mut().zip(a[q * c..][..c].iter_mut());
+                for ((((&v0, &v1), (&v2, &v3)), (&sa, &sb)), (pv, av)) in rows.zip(scale.iter().zip(shift)).zip(outs) {
+                    (*pv, *av) = window(&[v0, v1], &[v2, v3], (sa, sb));
+                }
+                for (co, &v) in pooled.iter().enumerate() {
+                    o[co * pohw + q] = v;
+                }
+            }
+        }
+    }
+}
+
+wide_fn! {
+    /// Batch norm's two backward sums over one sample, added to `acc_s`
+    /// (of the pooled gradient) and `acc_d` (of it times the deviation from
+    /// the mean of the pixel it goes to): `ys` its channels-last output,
+    /// `gt` and `args` its pooled gradient and targets, channels last.
+    #[allow(clippy::too_many_arguments)]
+    fn cl_grad_sums(ys: &[f32], gt: &[f32], args: &[u8], c: usize, oh: usize, ow: usize, mean: &[f32], acc_s: &mut [f32], acc_d: &mut [f32]) {
+        let (ph, pw) = (oh / 2, ow / 2);
+        for oy in 0..ph {
+            for ox in 0..pw {
+                let q = oy * pw + ox;
+                let [r0, r1, r2, r3] = window_rows(oy, ox, ow, c).map(|at| &ys[at..at + c]);
+                let (gq, aq) = (&gt[q * c..][..c], &args[q * c..][..c]);
+                let rows = r0.iter().zip(r1).zip(r2.iter().zip(r3));
+                let ins = gq.iter().zip(aq).zip(mean.iter());
+                let accs = acc_s.iter_mut().zip(acc_d.iter_mut());
+                for ((((&v0, &v1), (&v2, &v3)), ((&gv, &kk), &m)), (s_, d_)) in rows.zip(ins).zip(accs) {
+                    // The pixel the gradient goes to (none: NO_GRAD).
+                    let v = if kk == 0 { v0 } else if kk == 1 { v1 } else if kk == 2 { v2 } else { v3 };
+                    let gv = if kk < NO_GRAD { gv } else { 0.0 };
+                    *s_ += gv;
+                    *d_ += gv * (v - m);
+                }
+            }
+        }
+    }
+}
+
+wide_fn! {
+    /// Batch norm's input gradient of one sample, channels last, into `ds`
+    /// (`[oh, ow, c]`): `ys` its output, `gt` and `args` its pooled gradient
+    /// and targets, channels last; `terms` the per-channel `k, mdy, mdyx,
+    /// mean` of [`bn_dx`], one slice each.
+    #[allow(clippy::too_many_arguments)]
+    fn cl_fill(ys: &[f32], gt: &[f32], args: &[u8], c: usize, oh: usize, ow: usize, terms: &[Vec<f32>; 4], ds: &mut [f32]) {
+        let (ph, pw) = (oh / 2, ow / 2);
+        let [kk_, mdy, mdyx, mm] = terms;
+        // Pixels no window covers (an odd last row or column): no gradient.
+        for (py, (drow, yrow)) in ds.chunks_exact_mut(ow * c).zip(ys.chunks_exact(ow * c)).enumerate() {
+            let from = if py < 2 * ph { 2 * pw * c } else { 0 };
+            for (dpx, ypx) in drow[from..].chunks_exact_mut(c).zip(yrow[from..].chunks_exact(c)) {
+                let t = kk_.iter().zip(mdy).zip(mdyx.iter().zip(mm));
+                for ((dd, &v), ((&k, &md), (&mx, &m))) in dpx.iter_mut().zip(ypx).zip(t) {
+                    *dd = k * (0.0 - md - (v - m) * mx);
+                }
+            }
+        }
+        for oy in 0..ph {
+            for ox in 0..pw {
+                let q = oy * pw + ox;
+                let (gq, aq) = (&gt[q * c..][..c], &args[q * c..][..c]);
+                for (t, at) in window_rows(oy, ox, ow, c).into_iter().enumerate() {
+                    let (d, yv) = (&mut ds[at..at + c], &ys[at..at + c]);
+                    let tm = kk_.iter().zip(mdy).zip(mdyx.iter().zip(mm));
+                    let ins = yv.iter().zip(gq).zip(aq);
+                    for ((dd, ((&v, &gv), &ka)), ((&k, &md), (&mx, &m))) in d.iter_mut().zip(ins).zip(tm) {
+                        let g = if ka == t as u8 { gv } else { 0.0 };
+                        *dd = k * (g - md - (v - m) * mx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per channel, the chunks' `[chunks, c]` partial sums added in chunk order.
+fn over_chunks<T: Copy + std::iter::Sum<T>>(partial: &[T], c: usize) -> Vec<T> {
+    (0..c).map(|co| partial.iter().skip(co).step_by(c.max(1)).copied().sum()).collect()
+}
+
+/// The four input pixels of pooled output `(oy, ox)` in a channels-last
+/// plane `ow` wide: offsets of their rows of `c` values, in window order.
+#[inline(always)]
+fn window_rows(oy: usize, ox: usize, ow: usize, c: usize) -> [usize; 4] {
+    let p = (2 * oy * ow + 2 * ox) * c;
+    [p, p + c, p + ow * c, p + (ow + 1) * c]
 }
 
 /// The small CNN's block in a training step, `relu(max_pool2(
 /// batch_norm_train(conv2d(x, weight))))`: the pooled output (`[n, c_out,
-/// oh/2, ow/2]`) and what the backward needs. Each chunk's plane sums are
-/// taken while the GEMM's output is in cache, and that output stays where
-/// the GEMM wrote it (no copy into `[n, c_out, oh, ow]`); the values, the
-/// statistics and where each gradient goes are those of
-/// [`conv2d_forward`] then [`batch_norm_pool2_relu_train`], bit for bit.
+/// oh/2, ow/2]`) and what the backward needs. The convolution's GEMMs
+/// write their output channels last, each chunk's channel sums taken
+/// while it is in cache; the variance and the pooling read it with the
+/// channels as the vector dimension. The statistics are summed over
+/// blocks of pixels in `f32` and the blocks in `f64` (so in another order
+/// than [`batch_stats`]: the same values to rounding).
 pub fn conv_bn_pool2_relu_train(
     x: &[f32],
     weight: &[f32],
@@ -1334,65 +1512,59 @@ pub fn conv_bn_pool2_relu_train(
     epsilon: f64,
 ) -> (Vec<f32>, BlockState) {
     let (oh, ow) = s.out();
-    let (ohw, pohw, k, c) = (oh * ow, (oh / 2) * (ow / 2), s.k(), s.c_out);
+    let (ohw, ph, pw, k, c) = (oh * ow, oh / 2, ow / 2, s.k(), s.c_out);
+    let pohw = ph * pw;
     let per = out_chunk(s);
+    let chunks = s.n.div_ceil(per);
     // Written by the GEMMs, so never cleared first.
-    let len = s.n * c * ohw;
+    let len = s.n * ohw * c;
     let mut y = Vec::with_capacity(len);
-    let mut sums = vec![0f32; s.n * c];
+    let mut sums = vec![0f64; chunks * c];
     if len > 0 {
-        let par = gemm_threads(s.n.div_ceil(per));
-        let chunks = y.spare_capacity_mut()[..len].par_chunks_mut(per * c * ohw).zip(sums.par_chunks_mut(per * c));
-        chunks.enumerate().for_each(|(i, (yc, sc))| {
+        let par = gemm_threads(chunks);
+        let parts = y.spare_capacity_mut()[..len].par_chunks_mut(per * ohw * c).zip(sums.par_chunks_mut(c));
+        parts.enumerate().for_each(|(i, (yc, sc))| {
             with_scratch(|[cols, _, _]| {
-                let count = sc.len() / c;
-                let cols_n = count * ohw;
+                let cols_n = yc.len() / c;
                 let cols = first(cols, k * cols_n);
-                im2col_into(x, s, i * per, count, cols);
-                matmul((c, cols_n, k), yc, cols_n, weight, (k, 1), cols, (cols_n, 1), par);
-                // SAFETY: the GEMM wrote all of `yc` (`c` rows of `cols_n`).
-                let yc = unsafe { yc.assume_init_ref() };
-                for co in 0..c {
-                    for j in 0..count {
-                        sc[j * c + co] = lane_sum(&yc[(co * count + j) * ohw..][..ohw], |a| a);
-                    }
-                }
+                im2col_into(x, s, i * per, cols_n / ohw, cols);
+                // y^T = cols^T x weight^T: `[cols_n, c]`.
+                matmul((cols_n, c, k), yc, c, cols, (1, cols_n), weight, (1, k), par);
+                // SAFETY: the GEMM wrote all of `yc` (`cols_n` rows of `c`).
+                cl_sums(unsafe { yc.assume_init_ref() }, c, sc);
             })
         });
     }
     // SAFETY: the chunks tile the first `len` elements and each GEMM wrote
     // all of its chunk (none to write when `len` is 0).
     unsafe { y.set_len(len) };
-    // The statistics as [`batch_stats`] takes them.
     let count = (s.n * ohw).max(1) as f64;
-    let mean = channel_means(&sums, s.n, c, count);
-    let squares = plane_values(&y, s, per, |_, co, p, _| lane_sum(p, |a| (a - mean[co]) * (a - mean[co])));
-    let var = channel_means(&squares, s.n, c, count);
+    let mean: Vec<f32> = over_chunks(&sums, c).iter().map(|&v| (v / count) as f32).collect();
+    let mut squares = vec![0f64; chunks * c];
+    if len > 0 {
+        y.par_chunks(per * ohw * c).zip(squares.par_chunks_mut(c)).for_each(|(yc, sc)| {
+            cl_squares(yc, c, &mean, sc);
+        });
+    }
+    let var: Vec<f32> = over_chunks(&squares, c).iter().map(|&v| (v / count) as f32).collect();
     let (scale, shift) = affine(gamma, beta, &mean, &var, epsilon);
     let mut out = vec![0f32; s.n * c * pohw];
-    let mut arg = vec![NO_GRAD; s.n * c * pohw];
-    if pohw > 0 {
-        let chunks = out.par_chunks_mut(per * c * pohw).zip(arg.par_chunks_mut(per * c * pohw));
-        chunks.zip(y.par_chunks(per * c * ohw)).for_each(|((o, a), yc)| {
-            let count = o.len() / (c * pohw);
-            for co in 0..c {
-                for j in 0..count {
-                    let p = j * c + co;
-                    let (o, a) = (&mut o[p * pohw..][..pohw], &mut a[p * pohw..][..pohw]);
-                    pool_plane::<true>(&yc[(co * count + j) * ohw..][..ohw], ow, (scale[co], shift[co]), o, a);
-                }
-            }
-        });
+    let mut arg = vec![NO_GRAD; s.n * pohw * c];
+    if pohw > 0 && c > 0 {
+        out.par_chunks_mut(c * pohw)
+            .zip(arg.par_chunks_mut(pohw * c))
+            .enumerate()
+            .for_each(|(ni, (o, a))| cl_pool(&y[ni * ohw * c..][..ohw * c], c, oh, ow, &scale, &shift, o, a));
     }
     (out, BlockState { y, per, arg, mean, var })
 }
 
 /// Gradients of [`conv_bn_pool2_relu_train`] from the pooled output's
-/// gradient `g`: `(dx when need_x, dweight when need_weight, dgamma,
-/// dbeta)`. Batch norm's input gradient is made chunk by chunk straight in
-/// the layout the convolution's GEMMs read, never as a full-size tensor;
-/// the values are those of [`batch_norm_pool2_relu_backward`] then
-/// [`conv2d_backward`], bit for bit.
+/// gradient `g` (`[n, c_out, oh/2, ow/2]`): `(dx when need_x, dweight when
+/// need_weight, dgamma, dbeta)`. Batch norm's two sums read each window's
+/// four pixels with the channels as the vector dimension (no scattered
+/// plane), and its input gradient is made chunk by chunk, channels last,
+/// straight where the convolution's GEMMs read it.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn conv_bn_pool2_relu_backward(
     g: &[f32],
@@ -1406,28 +1578,61 @@ pub fn conv_bn_pool2_relu_backward(
     need_weight: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (oh, ow) = s.out();
-    let (ohw, c, n) = (oh * ow, s.c_out, s.n);
+    let (ohw, ph, pw, c, n) = (oh * ow, oh / 2, ow / 2, s.c_out, s.n);
+    let pohw = ph * pw;
     let BlockState { y, per, arg, mean, var } = state;
-    let pooled = Pooled { g, arg, h: oh, w: ow };
-    // The two per-channel sums as [`bn_backward`] takes them.
-    let pairs =
-        plane_values(y, s, *per, |p, co, plane, scratch| sum_and_dot_dev(pooled.plane(p, scratch), plane, mean[co]));
-    let sums = channel_pair_sums(&pairs, n, c);
-    let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * ohw).max(1) as f64);
-    let (dx, dw) = conv_backward_from(x, weight, s, need_x, need_weight, |n0, count, dyt| {
-        let mut scratch = Vec::new();
-        for (co, &cf) in coef.iter().enumerate() {
-            for j in 0..count {
-                let at = (co * count + j) * ohw;
-                let gs = pooled.plane((n0 + j) * c + co, &mut scratch);
-                let yp = block_plane(y, s, *per, n0 + j, co);
-                for ((d, &gv), &yv) in dyt[at..at + ohw].iter_mut().zip(gs).zip(yp) {
-                    *d = bn_dx(cf, gv, yv);
-                }
+    let per = *per;
+    let chunks = n.div_ceil(per);
+    // The pooled gradient of sample `ni`, channels last, into `gt`.
+    let gather = |ni: usize, gt: &mut Vec<f32>| {
+        gt.resize(pohw * c, 0.0);
+        let gs = &g[ni * c * pohw..][..c * pohw];
+        for (co, plane) in gs.chunks_exact(pohw.max(1)).enumerate().take(c) {
+            for (q, &v) in plane.iter().enumerate() {
+                gt[q * c + co] = v;
             }
         }
-    });
+    };
+    // The two per-channel sums, of dy and of dy * (y - mean).
+    let mut partial = vec![(0f64, 0f64); chunks * c];
+    if pohw > 0 && c > 0 {
+        partial.par_chunks_mut(c).enumerate().for_each(|(i, sc)| {
+            let (mut gt, mut acc_s, mut acc_d) = (Vec::new(), vec![0f32; c], vec![0f32; c]);
+            for ni in i * per..n.min((i + 1) * per) {
+                gather(ni, &mut gt);
+                let ys = &y[ni * ohw * c..][..ohw * c];
+                let args = &arg[ni * pohw * c..][..pohw * c];
+                acc_s.fill(0.0);
+                acc_d.fill(0.0);
+                cl_grad_sums(ys, &gt, args, c, oh, ow, mean, &mut acc_s, &mut acc_d);
+                for (o, (&a, &b)) in sc.iter_mut().zip(acc_s.iter().zip(&acc_d)) {
+                    o.0 += a as f64;
+                    o.1 += b as f64;
+                }
+            }
+        });
+    }
+    let sums = over_chunks_pairs(&partial, c);
+    let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * ohw).max(1) as f64);
+    let terms = [0, 1, 2, 3].map(|t| coef.iter().map(|cf| cf[t]).collect::<Vec<f32>>());
+    let fill = |n0: usize, count: usize, dyt: &mut [f32]| {
+        let mut gt = Vec::new();
+        for j in 0..count {
+            let ni = n0 + j;
+            gather(ni, &mut gt);
+            let (ys, args) = (&y[ni * ohw * c..][..ohw * c], &arg[ni * pohw * c..][..pohw * c]);
+            cl_fill(ys, &gt, args, c, oh, ow, &terms, &mut dyt[j * ohw * c..][..ohw * c]);
+        }
+    };
+    let (dx, dw) = conv_backward_from(x, weight, s, need_x, need_weight, Some(per), fill);
     (dx, dw, dgamma, dbeta)
+}
+
+/// [`over_chunks`] of pairs.
+fn over_chunks_pairs(partial: &[(f64, f64)], c: usize) -> Vec<(f64, f64)> {
+    (0..c)
+        .map(|co| partial.iter().skip(co).step_by(c.max(1)).fold((0.0, 0.0), |(a, b), &(u, v)| (a + u, b + v)))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
