@@ -450,31 +450,32 @@ pub fn batch_stats(x: &[f32], n: usize, c: usize, hw: usize) -> (Vec<f32>, Vec<f
         }
         x.par_chunks(hw).enumerate().with_min_len(8).map(|(p, plane)| f(p % c, plane)).collect()
     };
-    let mean = channel_means(&per_plane(&|_, p| lane_sum(p, |a| a)), n, c, count);
+    let mean = channel_means(&per_plane(&|_, p| lane_sum(p, |a| a)), c, count);
     let squares = per_plane(&|ci, p| lane_sum(p, |a| (a - mean[ci]) * (a - mean[ci])));
-    let var = channel_means(&squares, n, c, count);
+    let var = channel_means(&squares, c, count);
     (mean, var)
 }
 
-/// Per channel, the `f64` sum over samples (in sample order) of the `[n,
-/// c]` per-plane values `v`, divided by `count`.
-fn channel_means(v: &[f32], n: usize, c: usize, count: f64) -> Vec<f32> {
-    (0..c).map(|ci| ((0..n).map(|ni| v[ni * c + ci] as f64).sum::<f64>() / count) as f32).collect()
+/// Per column, the sum in row order, in `f64`, of a `[rows, c]` table (per
+/// channel, its planes' or chunks' partial sums).
+fn column_sums<T: Copy + Into<f64>>(v: &[T], c: usize) -> Vec<f64> {
+    (0..c).map(|ci| v.iter().skip(ci).step_by(c.max(1)).map(|&u| u.into()).sum::<f64>()).collect()
 }
 
-/// Per channel, the `f64` sums over samples (in sample order) of the `[n,
-/// c]` per-plane pairs `v`: batch norm's two backward sums.
-fn channel_pair_sums(v: &[(f32, f32)], n: usize, c: usize) -> Vec<(f64, f64)> {
+/// [`column_sums`] of a table of pairs (batch norm's two backward sums).
+fn column_pair_sums<T: Copy + Into<f64>>(v: &[(T, T)], c: usize) -> Vec<(f64, f64)> {
     (0..c)
         .map(|ci| {
-            let (mut a, mut b) = (0f64, 0f64);
-            for &(u, w) in v.iter().skip(ci).step_by(c.max(1)).take(n) {
-                a += u as f64;
-                b += w as f64;
-            }
-            (a, b)
+            let pairs = v.iter().skip(ci).step_by(c.max(1));
+            pairs.fold((0f64, 0f64), |(a, b), &(u, w)| (a + u.into(), b + w.into()))
         })
         .collect()
+}
+
+/// Per channel, the [`column_sums`] of the `[rows, c]` partial sums `v`
+/// divided by `count`.
+fn channel_means<T: Copy + Into<f64>>(v: &[T], c: usize, count: f64) -> Vec<f32> {
+    column_sums(v, c).into_iter().map(|sum| (sum / count) as f32).collect()
 }
 
 /// `x * scale[c] + shift[c]` over `[n, c, hw]`.
@@ -570,7 +571,7 @@ fn bn_backward(
         .with_min_len(8)
         .map_init(Vec::new, |scratch, p| sum_and_dot_dev(dy.plane(p, scratch), &x[p * hw..(p + 1) * hw], mean[p % c]))
         .collect();
-    let sums = channel_pair_sums(&pairs, n, c);
+    let sums = column_pair_sums(&pairs, c);
     let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * hw).max(1) as f64);
     // Written once, element by element, so never cleared first.
     let mut dx = Vec::with_capacity(x.len());
@@ -1482,11 +1483,6 @@ wide_fn! {
     }
 }
 
-/// Per channel, the chunks' `[chunks, c]` partial sums added in chunk order.
-fn over_chunks<T: Copy + std::iter::Sum<T>>(partial: &[T], c: usize) -> Vec<T> {
-    (0..c).map(|co| partial.iter().skip(co).step_by(c.max(1)).copied().sum()).collect()
-}
-
 /// The four input pixels of pooled output `(oy, ox)` in a channels-last
 /// plane `ow` wide: offsets of their rows of `c` values, in window order.
 #[inline(always)]
@@ -1539,14 +1535,14 @@ pub fn conv_bn_pool2_relu_train(
     // all of its chunk (none to write when `len` is 0).
     unsafe { y.set_len(len) };
     let count = (s.n * ohw).max(1) as f64;
-    let mean: Vec<f32> = over_chunks(&sums, c).iter().map(|&v| (v / count) as f32).collect();
+    let mean = channel_means(&sums, c, count);
     let mut squares = vec![0f64; chunks * c];
     if len > 0 {
         y.par_chunks(per * ohw * c).zip(squares.par_chunks_mut(c)).for_each(|(yc, sc)| {
             cl_squares(yc, c, &mean, sc);
         });
     }
-    let var: Vec<f32> = over_chunks(&squares, c).iter().map(|&v| (v / count) as f32).collect();
+    let var = channel_means(&squares, c, count);
     let (scale, shift) = affine(gamma, beta, &mean, &var, epsilon);
     let mut out = vec![0f32; s.n * c * pohw];
     let mut arg = vec![NO_GRAD; s.n * pohw * c];
@@ -1583,28 +1579,30 @@ pub fn conv_bn_pool2_relu_backward(
     let BlockState { y, per, arg, mean, var } = state;
     let per = *per;
     let chunks = n.div_ceil(per);
-    // The pooled gradient of sample `ni`, channels last, into `gt`.
-    let gather = |ni: usize, gt: &mut Vec<f32>| {
-        gt.resize(pohw * c, 0.0);
-        let gs = &g[ni * c * pohw..][..c * pohw];
-        for (co, plane) in gs.chunks_exact(pohw.max(1)).enumerate().take(c) {
-            for (q, &v) in plane.iter().enumerate() {
-                gt[q * c + co] = v;
+    // The pooled gradient channels last (`[n, oh/2, ow/2, c]`), once for
+    // both passes below.
+    let mut gt = vec![0f32; n * pohw * c];
+    if pohw > 0 && c > 0 {
+        gt.par_chunks_mut(pohw * c).zip(g.par_chunks(c * pohw)).for_each(|(gt, gs)| {
+            for (co, plane) in gs.chunks_exact(pohw).enumerate() {
+                for (q, &v) in plane.iter().enumerate() {
+                    gt[q * c + co] = v;
+                }
             }
-        }
-    };
+        });
+    }
+    let sample_gt = |ni: usize| &gt[ni * pohw * c..][..pohw * c];
     // The two per-channel sums, of dy and of dy * (y - mean).
     let mut partial = vec![(0f64, 0f64); chunks * c];
     if pohw > 0 && c > 0 {
         partial.par_chunks_mut(c).enumerate().for_each(|(i, sc)| {
-            let (mut gt, mut acc_s, mut acc_d) = (Vec::new(), vec![0f32; c], vec![0f32; c]);
+            let (mut acc_s, mut acc_d) = (vec![0f32; c], vec![0f32; c]);
             for ni in i * per..n.min((i + 1) * per) {
-                gather(ni, &mut gt);
                 let ys = &y[ni * ohw * c..][..ohw * c];
                 let args = &arg[ni * pohw * c..][..pohw * c];
                 acc_s.fill(0.0);
                 acc_d.fill(0.0);
-                cl_grad_sums(ys, &gt, args, c, oh, ow, mean, &mut acc_s, &mut acc_d);
+                cl_grad_sums(ys, sample_gt(ni), args, c, oh, ow, mean, &mut acc_s, &mut acc_d);
                 for (o, (&a, &b)) in sc.iter_mut().zip(acc_s.iter().zip(&acc_d)) {
                     o.0 += a as f64;
                     o.1 += b as f64;
@@ -1612,27 +1610,18 @@ pub fn conv_bn_pool2_relu_backward(
             }
         });
     }
-    let sums = over_chunks_pairs(&partial, c);
+    let sums = column_pair_sums(&partial, c);
     let (dgamma, dbeta, coef) = bn_grad_terms(&sums, gamma, mean, var, epsilon, (n * ohw).max(1) as f64);
     let terms = [0, 1, 2, 3].map(|t| coef.iter().map(|cf| cf[t]).collect::<Vec<f32>>());
     let fill = |n0: usize, count: usize, dyt: &mut [f32]| {
-        let mut gt = Vec::new();
         for j in 0..count {
             let ni = n0 + j;
-            gather(ni, &mut gt);
             let (ys, args) = (&y[ni * ohw * c..][..ohw * c], &arg[ni * pohw * c..][..pohw * c]);
-            cl_fill(ys, &gt, args, c, oh, ow, &terms, &mut dyt[j * ohw * c..][..ohw * c]);
+            cl_fill(ys, sample_gt(ni), args, c, oh, ow, &terms, &mut dyt[j * ohw * c..][..ohw * c]);
         }
     };
     let (dx, dw) = conv_backward_from(x, weight, s, need_x, need_weight, Some(per), fill);
     (dx, dw, dgamma, dbeta)
-}
-
-/// [`over_chunks`] of pairs.
-fn over_chunks_pairs(partial: &[(f64, f64)], c: usize) -> Vec<(f64, f64)> {
-    (0..c)
-        .map(|co| partial.iter().skip(co).step_by(c.max(1)).fold((0.0, 0.0), |(a, b), &(u, v)| (a + u, b + v)))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
